@@ -1,0 +1,109 @@
+"""The `nla` command: a thin layer that parses options, calls the Python API and prints. No logic of its own."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nlakit.errors import NlakitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Natural Language Autoencoders for HF causal LMs.")
+console = Console()
+
+
+def _layers(spec: str) -> list[int]:
+    try:
+        return sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise NlakitError(f"--layer {spec!r} must be an integer or a comma-separated list such as 10,15,20") from None
+
+
+@app.command()
+def extract(
+    model: Annotated[str, typer.Option(help="Alias (smollm2-135m, tiny) or local HF model folder.")],
+    layer: Annotated[str, typer.Option(help="Block index K (output of block K = hidden_states[K+1]); e.g. 20 or 10,15,20.")],
+    corpus: Annotated[str, typer.Option(help="wiki, a .txt/.jsonl/.parquet file, or hf:NAME.")],
+    out: Annotated[Path, typer.Option(help="Output folder (one subfolder per layer when several are given).")],
+    positions_per_doc: int = 5,
+    min_position: Annotated[int, typer.Option(help="Earliest token index sampled (0 is never used).")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Documents are truncated to this many tokens.")] = 256,
+    max_docs: Annotated[int | None, typer.Option(help="Use only the first N documents.")] = None,
+    seed: int = 0,
+    dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
+    device: str = "cpu",
+    batch_size: int = 16,
+) -> None:
+    """Extract residual-stream activations to parquet + nla_meta.yaml (resumes if interrupted)."""
+    from nlakit.extract import ExtractConfig
+    from nlakit.extract import extract as run
+
+    cfg = ExtractConfig(model=model, layers=_layers(layer), corpus=corpus, out=out, positions_per_doc=positions_per_doc,
+                        min_position=min_position, max_tokens=max_tokens, max_docs=max_docs, seed=seed, dtype=dtype,
+                        device=device, batch_size=batch_size)
+    counts = run(cfg)
+    for k, n in counts.items():
+        console.print(f"layer {k}: {n} rows -> {cfg.layer_dir(k)}")
+
+
+@app.command()
+def split(
+    src: Annotated[Path, typer.Argument(help="Activations dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for train/, val/, test/.")],
+    fractions: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
+    seed: int = 42,
+) -> None:
+    """Seeded document-level train/val/test split."""
+    from nlakit.dataset import split as run
+
+    try:
+        parts = [float(x) for x in fractions.split(",")]
+    except ValueError:
+        raise NlakitError(f"--fractions {fractions!r} must be three numbers such as 0.8,0.1,0.1") from None
+    if len(parts) != 3:
+        raise NlakitError(f"--fractions {fractions!r} must give exactly three numbers (train,val,test)")
+    counts = run(src, out, dict(zip(("train", "val", "test"), parts, strict=True)), seed)
+    for name, n in counts.items():
+        console.print(f"{name}: {n} rows -> {out / name}")
+
+
+@app.command()
+def demo(
+    model: str = "smollm2-135m",
+    layer: int = 20,
+    out: Path = Path("runs/demo"),
+) -> None:
+    """The main job on the embedded default: extract activations from a few wiki documents and summarise them."""
+    import numpy as np
+
+    from nlakit import dataset as ds
+    from nlakit.extract import ExtractConfig
+    from nlakit.extract import extract as run
+
+    cfg = ExtractConfig(model=model, layers=[layer], corpus="wiki", out=out, positions_per_doc=3, max_docs=32)
+    console.print(f"[bold]nlakit demo[/]: {model}, layer {layer} (= hidden_states[{layer + 1}]), 32 wiki documents")
+    run(cfg)
+    table, meta = ds.load(out)
+    vecs = ds.vectors_of(table)
+    norms = np.linalg.norm(vecs, axis=1)
+    t = Table(title=f"{meta.row_count} activations, d={meta.extraction.d_model}, mean norm {norms.mean():.1f}")
+    for col in ("doc", "pos", "token", "norm", "context (end)"):
+        t.add_column(col)
+    rows = table.slice(0, 8).to_pylist()
+    for r, n in zip(rows, norms[:8], strict=False):
+        t.add_row(r["doc_id"][:28], str(r["position"]), repr(r["token"]), f"{n:.0f}", "…" + r["context"][-48:])
+    console.print(t)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except NlakitError as e:
+        Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)

@@ -1,0 +1,281 @@
+"""Typed sidecars (`nla_meta.yaml`), compatible with the reference implementation's schema (NLA_REFERENCE §1.8).
+
+Two kinds:
+- `nla_dataset` (schema 1): beside every activations dataset; records how the vectors were made.
+- `nla_model` (schema 2): inside every AV or AR checkpoint; records scales, marker tokens, templates and layer.
+
+Reference readers accept both `actor/critic` and `av/ar` names; so do we, and we write `av/ar`. Fields we add
+(`target`, `av_base`, `ar_base`, extraction details) are extra keys the reference ignores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nlakit.errors import NlakitError
+from nlakit.io import atomic_write_text
+
+META_NAME = "nla_meta.yaml"
+INJECT_PLACEHOLDER = "<INJECT>"
+
+# Reference templates (NLA_REFERENCE §1.3, §1.5); `{injection_char}` / `{explanation}` are filled at use.
+AV_TEMPLATE = (
+    "You are a meticulous AI researcher conducting an important investigation into activation vectors from a "
+    "language model. Your overall task is to describe the semantic content of that activation vector.\n\n"
+    "We will pass the vector enclosed in <concept> tags into your context. You must then produce an explanation "
+    "for the vector, enclosed within <explanation> tags. The explanation consists of 2-3 text snippets describing "
+    "that vector.\n\nHere is the vector:\n\n<concept>{injection_char}</concept>\n\nPlease provide an explanation."
+)
+AR_TEMPLATE = "Summary of the following text: <text>{explanation}</text> <summary>"
+
+
+@dataclass
+class Tokens:
+    injection_char: str
+    injection_token_id: int
+    injection_left_neighbor_id: int
+    injection_right_neighbor_id: int
+    critic_suffix_ids: list[int] | None = None
+
+
+@dataclass
+class Extraction:
+    """How the vectors were taken. `layer_index` K means the residual stream after block K (HF hidden_states[K+1])."""
+
+    base_model: str
+    d_model: int
+    layer_index: int
+    norm: str = "none"
+    corpus: str | None = None
+    corpus_slice: dict[str, int] | None = None
+    positions_per_doc: int | None = None
+    min_position: int | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    dtype: str | None = None
+    mean_norm: float | None = None
+
+
+@dataclass
+class DatasetMeta:
+    extraction: Extraction
+    dataset_id: str = ""
+    stage: str = "base"
+    row_count: int | None = None
+    tokens: Tokens | None = None
+    prompt_templates: dict[str, str] | None = None
+    api_summaries: dict[str, Any] | None = None
+    parent_datasets: list[str] | None = None
+    created_at: str = ""
+    created_by: str = "nlakit"
+    kind: str = "nla_dataset"
+    schema_version: int = 1
+
+
+@dataclass
+class ModelMeta:
+    role: str  # "av" or "ar" (reference: actor / critic)
+    d_model: int
+    extraction_layer_index: int
+    injection_scale: float | None
+    mse_scale: float | None
+    tokens: Tokens | None = None
+    prompt_templates: dict[str, str] = field(default_factory=lambda: {"av": AV_TEMPLATE, "ar": AR_TEMPLATE})
+    stage: str = "init"
+    base_checkpoint: str = ""
+    target: str = ""  # the model whose activations are explained
+    trained_on: str | None = None
+    parent_checkpoints: list[str] | None = None
+    training: dict[str, Any] | None = None
+    created_at: str = ""
+    created_by: str = "nlakit"
+    kind: str = "nla_model"
+    schema_version: int = 2
+
+    @property
+    def av_template(self) -> str:
+        return self.prompt_templates["av"]
+
+    @property
+    def ar_template(self) -> str:
+        return self.prompt_templates["ar"]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
+def _templates_in(raw: dict[str, Any] | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    out = {}
+    for ours, theirs in (("av", "actor"), ("ar", "critic")):
+        value = raw.get(ours, raw.get(theirs))
+        if value is not None:
+            out[ours] = value
+    return out
+
+
+def _tokens_in(raw: dict[str, Any] | None) -> Tokens | None:
+    if not raw:
+        return None
+    names = {f.name for f in dataclasses.fields(Tokens)}
+    return Tokens(**{k: v for k, v in raw.items() if k in names})
+
+
+def resolve_scale(value: Any, d_model: int) -> float | None:
+    """Resolve a scale setting: None/'raw'/'none' -> None, 'sqrt_d_model' -> sqrt(d), a number -> itself."""
+    if value is None or (isinstance(value, str) and value.lower() in ("raw", "none")):
+        return None
+    if value == "sqrt_d_model":
+        return math.sqrt(d_model)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise NlakitError(f"scale {value!r} is not a number, 'sqrt_d_model' or 'raw'") from None
+
+
+def dataset_meta_to_dict(meta: DatasetMeta) -> dict[str, Any]:
+    return _drop_none(dataclasses.asdict(meta))
+
+
+def dataset_meta_from_dict(raw: dict[str, Any]) -> DatasetMeta:
+    if raw.get("kind") != "nla_dataset":
+        raise NlakitError(f"sidecar kind is {raw.get('kind')!r}, expected 'nla_dataset'")
+    ext_names = {f.name for f in dataclasses.fields(Extraction)}
+    ext = Extraction(**{k: v for k, v in raw["extraction"].items() if k in ext_names})
+    return DatasetMeta(
+        extraction=ext,
+        dataset_id=raw.get("dataset_id", ""),
+        stage=raw.get("stage", "base"),
+        row_count=raw.get("row_count"),
+        tokens=_tokens_in(raw.get("tokens")),
+        prompt_templates=_templates_in(raw.get("prompt_templates")),
+        api_summaries=raw.get("api_summaries"),
+        parent_datasets=raw.get("parent_datasets"),
+        created_at=raw.get("created_at", ""),
+        created_by=raw.get("created_by", ""),
+    )
+
+
+def model_meta_to_dict(meta: ModelMeta) -> dict[str, Any]:
+    """Reference schema v2 plus the release scrub's top-level `extraction_layer_index`."""
+    d = {
+        "kind": meta.kind,
+        "schema_version": meta.schema_version,
+        "role": meta.role,
+        "stage": meta.stage,
+        "base_checkpoint": meta.base_checkpoint,
+        "target": meta.target or meta.base_checkpoint,
+        "d_model": meta.d_model,
+        "extraction": {"injection_scale": meta.injection_scale, "mse_scale": meta.mse_scale},
+        "tokens": dataclasses.asdict(meta.tokens) if meta.tokens else None,
+        "prompt_templates": dict(meta.prompt_templates),
+        "extraction_layer_index": meta.extraction_layer_index,
+        "trained_on": meta.trained_on,
+        "parent_checkpoints": meta.parent_checkpoints,
+        "training": meta.training,
+        "created_at": meta.created_at or _now(),
+        "created_by": meta.created_by,
+    }
+    if meta.role == "ar":
+        d["critic"] = {"extraction_layer_index": meta.extraction_layer_index}
+    out = _drop_none(d)
+    out["extraction"] = d["extraction"]  # nulls are meaningful here (AR: injection_scale null)
+    return out
+
+
+def model_meta_from_dict(raw: dict[str, Any]) -> ModelMeta:
+    if raw.get("kind") != "nla_model":
+        raise NlakitError(f"sidecar kind is {raw.get('kind')!r}, expected 'nla_model'")
+    role = {"actor": "av", "critic": "ar"}.get(raw.get("role", ""), raw.get("role", ""))
+    if role not in ("av", "ar"):
+        raise NlakitError(f"sidecar role is {raw.get('role')!r}; expected av/ar (or actor/critic)")
+    d_model = int(raw["d_model"])
+    critic = raw.get("critic") or {}
+    layer = raw.get("extraction_layer_index", critic.get("extraction_layer_index"))
+    if layer is None and "num_hidden_layers" in critic:  # schema v1 stored K+1
+        layer = int(critic["num_hidden_layers"]) - 1
+    ext = raw.get("extraction") or {}
+    templates = _templates_in(raw.get("prompt_templates")) or {}
+    templates.setdefault("av", AV_TEMPLATE)
+    templates.setdefault("ar", AR_TEMPLATE)
+    return ModelMeta(
+        role=role,
+        d_model=d_model,
+        extraction_layer_index=int(layer) if layer is not None else -1,
+        injection_scale=resolve_scale(ext.get("injection_scale"), d_model),
+        mse_scale=resolve_scale(ext.get("mse_scale", "sqrt_d_model"), d_model),
+        tokens=_tokens_in(raw.get("tokens")),
+        prompt_templates=templates,
+        stage=raw.get("stage", "init"),
+        base_checkpoint=raw.get("base_checkpoint", ""),
+        target=raw.get("target", raw.get("base_checkpoint", "")),
+        trained_on=raw.get("trained_on"),
+        parent_checkpoints=raw.get("parent_checkpoints"),
+        training=raw.get("training"),
+        created_at=raw.get("created_at", ""),
+        created_by=raw.get("created_by", ""),
+    )
+
+
+def write_yaml(path: str | Path, data: dict[str, Any]) -> Path:
+    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise NlakitError(f"no sidecar at {path}: every nlakit artifact carries its {META_NAME}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise NlakitError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix or regenerate it") from None
+    if not isinstance(data, dict):
+        raise NlakitError(f"{path} is not a mapping; regenerate the sidecar")
+    return data
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    """`DIR/nla_meta.yaml` for a folder, `X.parquet.nla_meta.yaml` for a single reference-style parquet."""
+    p = Path(artifact)
+    return p / META_NAME if p.is_dir() else p.with_name(p.name + "." + META_NAME)
+
+
+def write_dataset_meta(artifact: str | Path, meta: DatasetMeta) -> Path:
+    meta.created_at = meta.created_at or _now()
+    return write_yaml(sidecar_path(artifact), dataset_meta_to_dict(meta))
+
+
+def read_dataset_meta(artifact: str | Path) -> DatasetMeta:
+    return dataset_meta_from_dict(read_yaml(sidecar_path(artifact)))
+
+
+def write_model_meta(ckpt_dir: str | Path, meta: ModelMeta) -> Path:
+    return write_yaml(Path(ckpt_dir) / META_NAME, model_meta_to_dict(meta))
+
+
+def read_model_meta(ckpt_dir: str | Path) -> ModelMeta:
+    return model_meta_from_dict(read_yaml(Path(ckpt_dir) / META_NAME))
+
+
+def dataset_id(base_model: str, layer: int, *parts: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256("|".join(map(str, (base_model, layer, *parts))).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9.\-]+", "-", Path(base_model).name or base_model)
+    return f"base_{name}_L{layer}_{h}"
