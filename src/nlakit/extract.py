@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +23,14 @@ import torch
 from nlakit import dataset as ds
 from nlakit.corpus import Document, load_corpus
 from nlakit.errors import NlakitError
-from nlakit.meta import DatasetMeta, Extraction, dataset_id, read_dataset_meta, sidecar_path, write_dataset_meta
+from nlakit.meta import (
+    DatasetMeta,
+    Extraction,
+    dataset_id,
+    read_dataset_meta,
+    sidecar_path,
+    write_dataset_meta,
+)
 from nlakit.models import decoder_layers, load_backbone, load_tokenizer, model_info, resolve_dtype
 from nlakit.progress import progress_bar
 
@@ -35,8 +43,15 @@ def doc_rng(seed: int, doc_id: str) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(f"{seed}|{doc_id}".encode()).digest()[:8], "big"))
 
 
-def sample_positions(token_ids: list[int], doc_id: str, *, seed: int, n: int, min_position: int,
-                     special_ids: frozenset[int] = frozenset()) -> list[int]:
+def sample_positions(
+    token_ids: list[int],
+    doc_id: str,
+    *,
+    seed: int,
+    n: int,
+    min_position: int,
+    special_ids: frozenset[int] = frozenset(),
+) -> list[int]:
     """Up to `n` distinct positions >= max(1, min_position) that are not special tokens, sorted; keyed by document."""
     lo = max(1, min_position)
     candidates = [i for i in range(lo, len(token_ids)) if token_ids[i] not in special_ids]
@@ -85,16 +100,32 @@ class ExtractConfig:
 
 def _fingerprint(cfg: ExtractConfig, layer: int, d_model: int) -> Extraction:
     return Extraction(
-        base_model=cfg.model, d_model=d_model, layer_index=layer, corpus=cfg.corpus,
+        base_model=cfg.model,
+        d_model=d_model,
+        layer_index=layer,
+        corpus=cfg.corpus,
         corpus_slice={"start": 0, "length": cfg.max_docs} if cfg.max_docs else None,
-        positions_per_doc=cfg.positions_per_doc, min_position=cfg.min_position, max_tokens=cfg.max_tokens,
-        seed=cfg.seed, dtype=str(resolve_dtype(cfg.dtype, cfg.device)).removeprefix("torch."),
+        positions_per_doc=cfg.positions_per_doc,
+        min_position=cfg.min_position,
+        max_tokens=cfg.max_tokens,
+        seed=cfg.seed,
+        dtype=str(resolve_dtype(cfg.dtype, cfg.device)).removeprefix("torch."),
     )
 
 
 def _same_run(old: Extraction, new: Extraction) -> bool:
-    keys = ("base_model", "d_model", "layer_index", "corpus", "corpus_slice", "positions_per_doc", "min_position",
-            "max_tokens", "seed", "dtype")
+    keys = (
+        "base_model",
+        "d_model",
+        "layer_index",
+        "corpus",
+        "corpus_slice",
+        "positions_per_doc",
+        "min_position",
+        "max_tokens",
+        "seed",
+        "dtype",
+    )
     a, b = asdict(old), asdict(new)
     return all(a.get(k) == b.get(k) for k in keys)
 
@@ -107,9 +138,13 @@ def _prepare_outputs(cfg: ExtractConfig, d_model: int) -> dict[int, DatasetMeta]
         if sidecar_path(out).is_file():
             old = read_dataset_meta(out)
             if not _same_run(old.extraction, ext):
-                raise NlakitError(f"{out} holds an extraction with other settings; pass a new --out or the same options")
-        meta = DatasetMeta(extraction=ext, dataset_id=dataset_id(cfg.model, layer, cfg.corpus, cfg.seed,
-                                                                 cfg.positions_per_doc, cfg.min_position))
+                raise NlakitError(
+                    f"{out} holds an extraction with other settings; pass a new --out or the same options"
+                )
+        meta = DatasetMeta(
+            extraction=ext,
+            dataset_id=dataset_id(cfg.model, layer, cfg.corpus, cfg.seed, cfg.positions_per_doc, cfg.min_position),
+        )
         write_dataset_meta(out, meta)  # written first: a resumed run checks its settings against it
         metas[layer] = meta
     return metas
@@ -120,18 +155,27 @@ def _check_layers(layers: list[int], num_layers: int, model: str) -> None:
         raise NlakitError("no layer given; pass --layer K (or several, comma-separated)")
     bad = [k for k in layers if not 0 <= k < num_layers]
     if bad:
-        raise NlakitError(f"layer {bad[0]} is out of range for {model}: it has {num_layers} blocks, so K is 0..{num_layers - 1}")
+        raise NlakitError(
+            f"layer {bad[0]} is out of range for {model}: it has {num_layers} blocks, so K is 0..{num_layers - 1}"
+        )
 
 
 @torch.inference_mode()
-def run_chunk(model, capture: LayerCapture, items: list[tuple[Document, list[int], list[int]]], tok,
-              layers: list[int], batch_size: int, device: str) -> dict[int, tuple[np.ndarray, dict[str, list]]]:
+def run_chunk(
+    model,
+    capture: LayerCapture,
+    items: list[tuple[Document, list[int], list[int]]],
+    tok,
+    layers: list[int],
+    batch_size: int,
+    device: str,
+) -> dict[int, tuple[np.ndarray, dict[str, list]]]:
     """Forward the chunk's documents (batched by length) and gather the sampled positions, in document order."""
     pad = tok.pad_token_id
     gathered: dict[int, dict[int, np.ndarray]] = {k: {} for k in layers}
     order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
     for b in range(0, len(order), batch_size):
-        idx = [i for i in order[b:b + batch_size] if items[i][2]]
+        idx = [i for i in order[b : b + batch_size] if items[i][2]]
         if not idx:
             continue
         width = max(len(items[i][1]) for i in idx)
@@ -162,8 +206,19 @@ def run_chunk(model, capture: LayerCapture, items: list[tuple[Document, list[int
     return results
 
 
-def extract(cfg: ExtractConfig) -> dict[int, int]:
-    """Run (or resume) an extraction; returns the row count written per layer."""
+@dataclass
+class ExtractResult:
+    rows: dict[int, int]  # rows written per layer (all parts, resumed ones included)
+    tokens: int  # tokens forwarded in this call
+    seconds: float  # wall time of this call's chunk loop (tokenise, forward, gather, decode, write)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def extract(cfg: ExtractConfig) -> ExtractResult:
+    """Run (or resume) an extraction."""
     info = model_info(cfg.model)
     _check_layers(cfg.layers, info.num_layers, cfg.model)
     if cfg.positions_per_doc < 1:
@@ -175,35 +230,48 @@ def extract(cfg: ExtractConfig) -> dict[int, int]:
 
     n_chunks = (len(docs) + cfg.chunk_docs - 1) // cfg.chunk_docs
     todo = [c for c in range(n_chunks) if not all((cfg.layer_dir(k) / ds.part_name(c)).is_file() for k in cfg.layers)]
-    model = None
+    n_tokens, t0 = 0, time.perf_counter()
     if todo:
         model = load_backbone(cfg.model, num_layers=max(cfg.layers) + 1, device=cfg.device, dtype=cfg.dtype)
         capture = LayerCapture(model, cfg.layers)
+        t0 = time.perf_counter()  # throughput excludes the one-time model load
         with progress_bar("extract", total=len(docs), completed=(n_chunks - len(todo)) * cfg.chunk_docs) as bar:
             for c in todo:
                 chunk = docs[c * cfg.chunk_docs : (c + 1) * cfg.chunk_docs]
                 items = []
                 for doc in chunk:
-                    ids = tok(doc.text, add_special_tokens=True, truncation=True, max_length=cfg.max_tokens)["input_ids"]
-                    pos = sample_positions(ids, doc.id, seed=cfg.seed, n=cfg.positions_per_doc,
-                                           min_position=cfg.min_position, special_ids=special)
+                    ids = tok(doc.text, add_special_tokens=True, truncation=True, max_length=cfg.max_tokens)[
+                        "input_ids"
+                    ]
+                    pos = sample_positions(
+                        ids,
+                        doc.id,
+                        seed=cfg.seed,
+                        n=cfg.positions_per_doc,
+                        min_position=cfg.min_position,
+                        special_ids=special,
+                    )
                     items.append((doc, ids, pos))
+                    n_tokens += len(ids)
                 results = run_chunk(model, capture, items, tok, cfg.layers, cfg.batch_size, cfg.device)
                 for k, (vecs, cols) in results.items():
                     ds.write_parquet(cfg.layer_dir(k) / ds.part_name(c), ds.make_table(vecs, cols))
                 bar.advance(len(chunk))
         capture.remove()
+    seconds = time.perf_counter() - t0
 
     counts = {}
     for k in cfg.layers:
         table = ds.read_table(cfg.layer_dir(k), ["activation_vector"])
         vecs = ds.vectors_of(table)
         if len(vecs) == 0:
-            raise NlakitError(f"no positions were sampled: every document is shorter than --min-position {cfg.min_position}"
-                              "; lower --min-position or use longer documents")
+            raise NlakitError(
+                f"no positions were sampled: every document is shorter than --min-position {cfg.min_position}"
+                "; lower --min-position or use longer documents"
+            )
         meta = metas[k]
         meta.row_count = len(vecs)
         meta.extraction.mean_norm = round(float(np.linalg.norm(vecs, axis=1).mean()), 4)
         write_dataset_meta(cfg.layer_dir(k), meta)
         counts[k] = len(vecs)
-    return counts
+    return ExtractResult(counts, n_tokens, seconds)

@@ -1,7 +1,7 @@
 """Pure maths of the NLA objective. No models, no files: small functions, each tested by hand-computed values.
 
-Conventions (reference §1.6, §3.5): vectors are compared after rescaling both to norm `scale` (default sqrt(d)),
-which makes the per-element MSE equal to 2(1 - cos) and independent of d.
+Conventions (reference §1.6, §3.5): vectors are compared after rescaling both to norm `scale`
+(default sqrt(d)), which makes the per-element MSE equal to 2(1 - cos) and independent of d.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ Tensor = torch.Tensor
 
 
 def normalize(v: Tensor, scale: float | None) -> Tensor:
-    """Rescale each row of `v` to L2 norm `scale` (norm computed in fp32). `None` passes through; zero rows stay zero."""
+    """Rescale each row of `v` to L2 norm `scale` (norm in fp32). `None` passes through; zero rows stay zero."""
     if scale is None:
         return v
     norm = v.float().norm(dim=-1, keepdim=True)

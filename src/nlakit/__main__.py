@@ -1,0 +1,3 @@
+from nlakit.cli import main
+
+main()

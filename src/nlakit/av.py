@@ -1,0 +1,217 @@
+"""The activation verbaliser (AV): an LM that reads one vector injected at the marker of a fixed prompt and writes an
+explanation inside <explanation> tags. One batched generation verbalises many vectors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nlakit.errors import NlakitError
+from nlakit.generation import Generator, SamplingConfig, hf_generate
+from nlakit.injection import check_tokens, check_vectors, inject, marker_positions, render_av_prompt
+from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
+from nlakit.models import load_causal_lm, load_tokenizer
+
+EXPLANATION_RE = re.compile(r"<explanation>(.*?)</explanation>", re.DOTALL)
+INPUT_PROJ = "input_proj.safetensors"
+
+
+def wrap_explanation(text: str) -> str:
+    return "<explanation>\n" + text.strip() + "\n</explanation>"
+
+
+def extract_explanation(raw: str) -> tuple[str, bool]:
+    """The explanation inside the tags, and whether the tags were complete. Without a closing tag, the text after an
+    opening tag (or all of it) is returned with `False`: RL treats that sample as failed."""
+    m = EXPLANATION_RE.search(raw)
+    if m:
+        return m.group(1).strip(), True
+    return raw.split("<explanation>", 1)[-1].strip(), False
+
+
+class AV:
+    """An AV around a causal LM. `meta` is its model sidecar (role av): marker tokens, templates, injection scale."""
+
+    def __init__(self, model, tokenizer, meta: ModelMeta, input_proj: torch.nn.Linear | None = None):
+        if meta.injection_scale is None:
+            raise NlakitError("the AV sidecar has no injection_scale; set extraction.injection_scale (a number)")
+        if meta.tokens is None:
+            raise NlakitError("the AV sidecar has no tokens section; it must record the marker and its neighbours")
+        self.model, self.tok, self.meta, self.input_proj = model, tokenizer, meta, input_proj
+        check_tokens(tokenizer, meta.tokens, meta.av_template)
+        width = model.get_input_embeddings().weight.shape[1]
+        expected = meta.d_model if input_proj is None else input_proj.in_features
+        if (input_proj is None and width != meta.d_model) or (
+            input_proj is not None and input_proj.out_features != width
+        ):
+            raise NlakitError(f"AV embeds d={width} but the sidecar says d_model={expected}; wrong base model?")
+        self.prompt_ids = render_av_prompt(tokenizer, meta.av_template, meta.tokens.injection_char)
+        self.eos_ids = sorted(
+            {
+                i
+                for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+                if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id
+            }
+        )
+        self.generator: Generator = hf_generate
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # ---- building inputs -------------------------------------------------------------------------------------------
+    def response_ids(self, explanation: str) -> list[int]:
+        """Token ids of the assistant turn for `explanation`, closing tokens included (so the AV learns to stop)."""
+        prompt_text = self.tok.decode(self.prompt_ids)
+        if getattr(self.tok, "chat_template", None):
+            content = self.meta.av_template.format(injection_char=self.meta.tokens.injection_char)
+            msgs = [
+                {"role": "user", "content": content},
+                {"role": "assistant", "content": wrap_explanation(explanation)},
+            ]
+            full = self.tok.apply_chat_template(msgs, tokenize=False)
+            if full.startswith(prompt_text):
+                return self.tok.encode(full[len(prompt_text) :], add_special_tokens=False)
+        return self.tok.encode(wrap_explanation(explanation), add_special_tokens=False) + self.eos_ids[:1]
+
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Input embeddings with each row's marker replaced by its (projected) vector at `injection_scale`."""
+        # The embedding layer's own forward applies any embed scale (Gemma's sqrt(d)), so rows match real tokens.
+        embeds = self.model.get_input_embeddings()(ids)
+        vectors = vectors.to(self.device, torch.float32)
+        if self.input_proj is not None:
+            vectors = self.input_proj(vectors)
+        return inject(embeds, marker_positions(ids, mask, self.meta.tokens), vectors, self.meta.injection_scale)
+
+    @torch.no_grad()
+    def check_injection(self) -> None:
+        """Preflight: two different vectors must change the next-token logits; identical outputs mean the vector is
+        ignored (a failed injection otherwise shows up only as fluent, vector-independent text)."""
+        vectors = torch.randn(2, self.meta.d_model, generator=torch.Generator().manual_seed(0))
+        ids = torch.tensor([self.prompt_ids] * 2, device=self.device)
+        mask = torch.ones_like(ids)
+        logits = self.model(inputs_embeds=self.embed(ids, mask, vectors), attention_mask=mask).logits[:, -1].float()
+        if torch.allclose(logits[0], logits[1], atol=1e-5):
+            raise NlakitError(
+                "injection failed: different vectors give identical AV outputs; check the marker, "
+                "injection_scale and that inputs_embeds reach the model"
+            )
+
+    # ---- generation ------------------------------------------------------------------------------------------------
+    def generate_ids(self, vectors: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+        vectors = check_vectors(torch.as_tensor(vectors, dtype=torch.float32), self.meta.d_model)
+        n = vectors.shape[0]
+        ids = torch.tensor([self.prompt_ids] * n, device=self.device)
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            embeds = self.embed(ids, mask, vectors)
+        return self.generator(self.model, embeds, mask, cfg, self.eos_ids, self.tok.pad_token_id)
+
+    def verbalize(
+        self,
+        vectors,
+        *,
+        max_new_tokens: int = 150,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        batch_size: int = 32,
+        raw: bool = False,
+    ) -> list[str]:
+        """Explanations for a batch of raw activation vectors [n, d] (rescaled internally)."""
+        vectors = torch.as_tensor(vectors, dtype=torch.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None]
+        cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        out = []
+        for b in range(0, vectors.shape[0], batch_size):
+            new = self.generate_ids(vectors[b : b + batch_size], cfg)
+            texts = self.tok.batch_decode(new, skip_special_tokens=True)
+            out += texts if raw else [extract_explanation(t)[0] for t in texts]
+        return out
+
+    # ---- training --------------------------------------------------------------------------------------------------
+    def batch(self, explanations: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded prompt+response ids, attention mask, and labels (-100 outside the response)."""
+        seqs = [(self.prompt_ids, self.response_ids(e)) for e in explanations]
+        width = max(len(p) + len(r) for p, r in seqs)
+        ids = torch.full((len(seqs), width), self.tok.pad_token_id, dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        mask = torch.zeros_like(ids)
+        for i, (p, r) in enumerate(seqs):
+            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            labels[i, len(p) : len(p) + len(r)] = torch.tensor(r)
+            mask[i, : len(p) + len(r)] = 1
+        return ids.to(self.device), mask.to(self.device), labels.to(self.device)
+
+    def token_logprobs(
+        self, vectors: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-probability of each label token [B, T-1] (0 where not a response token), with the vector injected."""
+        embeds = self.embed(ids, mask, vectors)
+        logits = self.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        target = labels[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
+        return logp * (target != -100)
+
+    def sft_loss(self, vectors: torch.Tensor, explanations: list[str]) -> torch.Tensor:
+        """Response-token NLL, averaged per sample then over samples (the reference's SFT loss)."""
+        ids, mask, labels = self.batch(explanations)
+        logp = self.token_logprobs(vectors, ids, mask, labels)
+        n_tok = (labels[:, 1:] != -100).sum(1).clamp_min(1)
+        return (-(logp.sum(1) / n_tok)).mean()
+
+    # ---- persistence -----------------------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tok.save_pretrained(path)
+        if self.input_proj is not None:
+            save_file({k: v.contiguous() for k, v in self.input_proj.state_dict().items()}, path / INPUT_PROJ)
+        write_model_meta(path, self.meta)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, device: str = "cpu", dtype: str | torch.dtype | None = "auto", trainable: bool = False
+    ) -> AV:
+        """Load an AV folder: LoRA adapters over the sidecar's base, or full weights (ours or the reference's)."""
+        path = Path(path)
+        meta = read_model_meta(path)
+        if meta.role != "av":
+            raise NlakitError(f"{path} holds an {meta.role.upper()} checkpoint, not an AV")
+        tok = (
+            load_tokenizer(path, padding_side="right")
+            if (path / "tokenizer_config.json").is_file()
+            else load_tokenizer(meta.base_checkpoint)
+        )
+        if (path / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base = load_causal_lm(meta.base_checkpoint, device=device, dtype=dtype)
+            model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
+            if not trainable:
+                model = model.merge_and_unload()  # plain weights decode faster
+        else:
+            model = load_causal_lm(path, device=device, dtype=dtype)
+        proj = None
+        if (path / INPUT_PROJ).is_file():
+            state = load_file(path / INPUT_PROJ)
+            w = state["weight"]
+            proj = torch.nn.Linear(w.shape[1], w.shape[0], bias="bias" in state).to(device)
+            proj.load_state_dict(state)
+        model.train(trainable)
+        av = cls(model, tok, meta, proj)
+        av.check_injection()
+        return av
+
+
+def default_injection_scale(mean_norm: float) -> float:
+    """A round number a bit above the mean activation norm (the reference's rule for choosing injection_scale)."""
+    if mean_norm <= 0:
+        raise NlakitError("mean activation norm must be positive to choose an injection scale")
+    target = mean_norm * 1.1
+    step = 10 ** max(0, len(str(int(target))) - 2)
+    return float(-(-target // step) * step)

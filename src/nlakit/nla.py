@@ -1,0 +1,118 @@
+"""The `NLA` object: an AV and an AR for one target model and layer. One implementation behind CLI, web and eval.
+
+Folder layout (Hugging Face conventions, reference-compatible role folders):
+    NLA/nla_meta.yaml            kind: nla_pair (target, layer, av_base, ar_base)
+    NLA/av/                      AV: LoRA adapters or full weights, tokenizer, nla_meta.yaml (role av)
+    NLA/ar/                      AR: adapters or K+1-layer weights, value_head.safetensors, nla_meta.yaml (role ar)
+The reference's released pair (two separate folders, full weights, actor/critic or av/ar sidecars) loads with
+`NLA.from_pretrained(av=..., ar=...)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nlakit.ar import AR
+from nlakit.av import AV
+from nlakit.errors import NlakitError
+from nlakit.maths import cosine, mse_nrm
+from nlakit.meta import META_NAME, read_yaml, write_yaml
+
+PACKAGED = Path(__file__).parent / "assets" / "nla"
+
+
+def resolve_nla_path(name: str | Path) -> Path:
+    """A folder, or the name of an NLA shipped inside the package (e.g. `smollm2-135m-L20`)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if (PACKAGED / str(name)).is_dir():
+        return PACKAGED / str(name)
+    shipped = sorted(p.name for p in PACKAGED.glob("*") if p.is_dir()) if PACKAGED.is_dir() else []
+    raise NlakitError(
+        f"no NLA at {name!r}; pass a folder with av/ and ar/, or a shipped name ({', '.join(shipped) or 'none'})"
+    )
+
+
+class NLA:
+    def __init__(self, av: AV | None, ar: AR | None):
+        if av is None and ar is None:
+            raise NlakitError("an NLA needs at least an AV or an AR")
+        if av and ar:
+            if av.meta.d_model != ar.meta.d_model or av.meta.extraction_layer_index != ar.meta.extraction_layer_index:
+                raise NlakitError(
+                    f"AV (d={av.meta.d_model}, K={av.meta.extraction_layer_index}) and AR (d={ar.meta.d_model}, "
+                    f"K={ar.meta.extraction_layer_index}) were trained for different activations"
+                )
+        self.av, self.ar = av, ar
+        meta = (av or ar).meta
+        self.target, self.layer, self.d_model = (
+            meta.target or meta.base_checkpoint,
+            meta.extraction_layer_index,
+            meta.d_model,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        *,
+        av: str | Path | None = None,
+        ar: str | Path | None = None,
+        device: str = "cpu",
+        dtype="auto",
+    ) -> NLA:
+        if path is not None:
+            root = resolve_nla_path(path)
+            av = av or (root / "av" if (root / "av" / META_NAME).is_file() else None)
+            ar = ar or (root / "ar" if (root / "ar" / META_NAME).is_file() else None)
+            if av is None and ar is None:
+                raise NlakitError(f"{root} has neither av/{META_NAME} nor ar/{META_NAME}; is it an NLA folder?")
+        return cls(
+            AV.from_pretrained(av, device=device, dtype=dtype) if av else None,
+            AR.from_pretrained(ar, device=device, dtype=dtype) if ar else None,
+        )
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        if self.av:
+            self.av.save_pretrained(path / "av")
+        if self.ar:
+            self.ar.save_pretrained(path / "ar")
+        write_pair_meta(path)
+
+    def verbalize(self, vectors, **kwargs) -> list[str]:
+        if self.av is None:
+            raise NlakitError("this NLA has no AV; load one with av=PATH")
+        return self.av.verbalize(vectors, **kwargs)
+
+    def reconstruct(self, texts: str | list[str]) -> torch.Tensor:
+        if self.ar is None:
+            raise NlakitError("this NLA has no AR; load one with ar=PATH")
+        return self.ar.reconstruct([texts] if isinstance(texts, str) else texts)
+
+    def score(self, texts: list[str], vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """mse_nrm and cosine of each text's reconstruction against its vector."""
+        pred = self.reconstruct(texts)
+        gold = torch.as_tensor(vectors, dtype=torch.float32)
+        return {"mse_nrm": mse_nrm(pred, gold, self.ar.meta.mse_scale), "cos": cosine(pred, gold)}
+
+
+def write_pair_meta(path: str | Path) -> None:
+    """The top-level sidecar of an NLA folder: what the pair explains, and with which bases."""
+    path = Path(path)
+    data = {"kind": "nla_pair", "schema_version": 1}
+    for role in ("av", "ar"):
+        side = path / role / META_NAME
+        if side.is_file():
+            m = read_yaml(side)
+            data.update(
+                target=m.get("target", m.get("base_checkpoint")),
+                d_model=m["d_model"],
+                extraction_layer_index=m.get("extraction_layer_index"),
+            )
+            data[f"{role}_base"] = m.get("base_checkpoint")
+            data[role] = role + "/"
+    write_yaml(path / META_NAME, data)

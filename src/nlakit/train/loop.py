@@ -1,0 +1,141 @@
+"""What every recipe shares: data order, LR schedule, LoRA, exact-resume checkpoints, metrics (JSONL + PNG)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from nlakit.io import atomic_write_text
+
+CKPT_PREFIX = "step_"
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n_rows)
+
+
+def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Rows of batch `step`: each epoch is a fresh permutation from (seed, epoch), so order depends on step alone."""
+    start = step * batch_size
+    return np.array([_epoch_order(n_rows, seed, g // n_rows)[g % n_rows] for g in range(start, start + batch_size)])
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def add_lora(model, r: int, alpha: int, task_type: str | None = None):
+    """LoRA on every linear layer of the blocks (attention and MLP), no dropout (keeps training deterministic)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type=task_type)
+    return get_peft_model(model, cfg)
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, module: torch.nn.Module, optimizer, scheduler, extra: dict | None = None, keep: int = 2
+) -> Path:
+    """Write `run_dir/checkpoints/step_N` atomically (temp folder + rename); keep the newest `keep`."""
+    root = run_dir / "checkpoints"
+    final = root / f"{CKPT_PREFIX}{step:07d}"
+    tmp = root / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(module), tmp / "trainable.safetensors")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "py_rng": random.getstate(),
+            "np_rng": np.random.get_state(),
+        },
+        tmp / "state.pt",
+    )
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **(extra or {})}))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = sorted((run_dir / "checkpoints").glob(f"{CKPT_PREFIX}*"))
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    """Restore trainable weights, optimizer, scheduler and RNG; returns trainer_state (with `step`)."""
+    weights = load_file(path / "trainable.safetensors")
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["py_rng"])
+    np.random.set_state(state["np_rng"])
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+class Metrics:
+    """Append-only JSONL log; on resume, rows past the checkpoint's step are dropped so the log stays exact."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = path
+        rows = []
+        if path.is_file():
+            rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+            rows = [r for r in rows if r.get("step", 0) < resume_step]
+        self.rows = rows
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def plot(self, png: Path, keys: list[str], title: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = [k for k in keys if any(k in r for r in self.rows)]
+        if not keys:
+            return
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            pts = [(r["step"], r[key]) for r in self.rows if key in r]
+            ax.plot(*zip(*pts, strict=True), marker="." if len(pts) < 60 else None)
+            ax.set_title(key)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        fig.suptitle(title)
+        fig.tight_layout()
+        tmp = png.with_suffix(".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(png)

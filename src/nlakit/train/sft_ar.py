@@ -1,0 +1,72 @@
+"""AR SFT recipe: teach the reconstructor to map an explanation back to its activation.
+
+Loss: mse_nrm at the last token (2(1 - cos) at sqrt(d)). Validation: fve_nrm against the training set's rawvar.
+Output: `out/ar/` (adapters or full weights, value_head.safetensors, nla_meta.yaml) and `out/train_ar/` (metrics,
+curves.png, checkpoints)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from nlakit.ar import AR
+from nlakit.injection import find_marker
+from nlakit.maths import fve_nrm, meannorm_baseline, mse_nrm, rawvar_baseline
+from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta
+from nlakit.models import load_tokenizer
+from nlakit.train.config import SFTConfig
+from nlakit.train.loop import add_lora
+from nlakit.train.sft import load_pairs, run_sft
+
+
+def evaluate_ar(ar: AR, vectors: torch.Tensor, texts: list[str], rawvar: float) -> dict[str, float]:
+    pred = ar.reconstruct(texts)
+    mse = float(mse_nrm(pred, vectors, ar.meta.mse_scale).mean())
+    return {"val_mse_nrm": mse, "val_fve_nrm": float(fve_nrm(mse, rawvar))}
+
+
+def train_ar(cfg: SFTConfig) -> dict[str, float]:
+    train = load_pairs(cfg.data, cfg.explanation_column)
+    ext = train.meta.extraction
+    base = cfg.base or ext.base_model
+    tok = load_tokenizer(base)
+    meta = ModelMeta(
+        role="ar",
+        d_model=ext.d_model,
+        extraction_layer_index=ext.layer_index,
+        injection_scale=None,
+        mse_scale=math.sqrt(ext.d_model),
+        tokens=find_marker(tok, AV_TEMPLATE, AR_TEMPLATE),
+        stage="sl",
+        base_checkpoint=base,
+        target=ext.base_model,
+        trained_on=train.meta.dataset_id,
+        training={
+            "lr": cfg.lr,
+            "loss_type": "mse_nrm",
+            "global_batch_size": cfg.batch_size * cfg.grad_accum,
+            "lora": cfg.lora,
+            "max_steps": cfg.max_steps,
+        },
+    )
+    ar = AR.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
+    if cfg.lora:
+        ar.backbone = add_lora(ar.backbone, cfg.lora_r, cfg.lora_alpha)
+    ar.value_head.weight.requires_grad_(True)
+
+    val = load_pairs(cfg.val_data, cfg.explanation_column, cfg.eval_rows) if cfg.val_data else None
+    rawvar = rawvar_baseline(train.vectors)
+
+    def evaluate() -> dict[str, float]:
+        out = {"rawvar": rawvar, "meannorm": meannorm_baseline(train.vectors)}
+        if val is not None:
+            out.update(evaluate_ar(ar, val.vectors, val.texts, rawvar))
+        return out
+
+    result = run_sft(
+        cfg, "ar", ar, train, lambda v, t: ar.loss(t, v), evaluate, ["loss", "val_mse_nrm", "val_fve_nrm", "lr"]
+    )
+    ar.save_pretrained(Path(cfg.out) / "ar")
+    return result

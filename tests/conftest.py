@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nlakit_home(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """Fast tests build `tiny` in a private cache; the slow tier keeps the user's cache (the converted SmolLM2)."""
+    if request.config.getoption("-m") == "slow":
+        yield Path(os.environ.get("NLAKIT_HOME", ""))
+        return
+    home = tmp_path_factory.mktemp("nlakit_home")
+    old = os.environ.get("NLAKIT_HOME")
+    os.environ["NLAKIT_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("NLAKIT_HOME", None)
+    else:
+        os.environ["NLAKIT_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A .txt corpus of 40 documents of real prose (from the embedded wiki corpus)."""
+    from nlakit.corpus import load_corpus
+
+    docs = load_corpus("wiki", max_docs=40)
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    path.write_text("\n\n".join(d.text.replace("\n\n", "\n") for d in docs), encoding="utf-8")
+    return path
+
+
+def write_pairs(src: Path, dest: Path, explanation_of) -> Path:
+    """Copy an activations dataset adding an `explanation` column computed from each row (a synthetic task)."""
+    from dataclasses import replace
+
+    from nlakit import dataset as ds
+    from nlakit.meta import write_dataset_meta
+
+    table, meta = ds.load(src)
+    rows = table.to_pylist()
+    cols = {k: [r[k] for r in rows] for k in table.column_names if k != "activation_vector"}
+    cols["explanation"] = [explanation_of(r) for r in rows]
+    ds.write_parquet(dest / ds.part_name(0), ds.make_table(ds.vectors_of(table), cols))
+    write_dataset_meta(dest, replace(meta, stage="explained", created_at=""))
+    return dest
+
+
+def _token_explanation(row: dict) -> str:
+    word = row["token"].strip() or "a space"
+    return f"The text ends with the token '{word}'."
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Train/val pairs on `tiny` layer 2 with a learnable explanation: the final token, named."""
+    from nlakit import dataset as ds
+    from nlakit.extract import ExtractConfig, extract
+
+    root = tmp_path_factory.mktemp("pairs")
+    extract(
+        ExtractConfig(
+            model="tiny",
+            layers=[2],
+            corpus=str(tiny_corpus),
+            out=root / "acts",
+            positions_per_doc=8,
+            min_position=2,
+            dtype="float32",
+        )
+    )
+    write_pairs(root / "acts", root / "explained", _token_explanation)
+    ds.split(root / "explained", root / "split", {"train": 0.8, "val": 0.2, "test": 0.0}, seed=0)
+    return {"train": root / "split" / "train", "val": root / "split" / "val"}

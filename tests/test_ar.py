@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nlakit.ar import AR, last_token_index
+from nlakit.errors import NlakitError
+from nlakit.extract import LayerCapture
+from nlakit.meta import ModelMeta
+from nlakit.models import load_backbone
+
+K = 2
+
+
+def _meta(**kw) -> ModelMeta:
+    base = dict(
+        role="ar",
+        d_model=64,
+        extraction_layer_index=K,
+        injection_scale=None,
+        mse_scale=math.sqrt(64),
+        base_checkpoint="tiny",
+        target="tiny",
+    )
+    base.update(kw)
+    return ModelMeta(**base)
+
+
+@pytest.fixture(scope="module")
+def ar() -> AR:
+    return AR.from_base("tiny", _meta(), dtype="float32")
+
+
+def test_last_token_index_right_and_left_padding():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    assert last_token_index(right).tolist() == [2, 3, 0]
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    assert last_token_index(left).tolist() == [3, 3]
+
+
+def test_identity_head_step0_equals_layer_k_residual(ar):
+    """At init the AR predicts the target's own layer-K residual at the last token of its prompt."""
+    text = "Paris is the capital of France."
+    ids, mask = ar.encode([text])
+    full = load_backbone("tiny", dtype="float32")
+    cap = LayerCapture(full, [K])
+    with torch.no_grad():
+        full(input_ids=ids)
+    torch.testing.assert_close(ar.reconstruct([text])[0], cap.outputs[K][0, -1], atol=1e-5, rtol=0)
+    assert ar.backbone.config.num_hidden_layers == K + 1 and len(ar.backbone.layers) == K + 1
+
+
+def test_batched_equals_one_by_one(ar):
+    texts = ["short", "a somewhat longer explanation of things", "mid length text here", "x y"]
+    batched = ar.reconstruct(texts, batch_size=4)
+    single = torch.stack([ar.reconstruct([t])[0] for t in texts])
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+
+
+def test_empty_explanation_is_refused(ar):
+    with pytest.raises(NlakitError, match="empty"):
+        ar.reconstruct(["fine", "   "])
+
+
+def test_save_load_roundtrip_and_sidecar_checks(ar, tmp_path):
+    with torch.no_grad():
+        ar.value_head.weight.mul_(0.5).add_(0.01)
+    ar.save_pretrained(tmp_path / "ar")
+    again = AR.from_pretrained(tmp_path / "ar", dtype="float32")
+    texts = ["one explanation", "another, longer explanation"]
+    torch.testing.assert_close(again.reconstruct(texts), ar.reconstruct(texts), atol=1e-5, rtol=0)
+    with pytest.raises(NlakitError, match="needs K\\+1"):
+        AR(again.backbone, again.tok, _meta(extraction_layer_index=3), again.value_head)
+    with pytest.raises(NlakitError, match="d_model"):
+        AR(again.backbone, again.tok, _meta(d_model=32), again.value_head)
+    (tmp_path / "ar" / "value_head.safetensors").unlink()
+    with pytest.raises(NlakitError, match="value head"):
+        AR.from_pretrained(tmp_path / "ar")

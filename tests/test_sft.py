@@ -1,0 +1,128 @@
+"""End-to-end on `tiny`: extract -> synthetic explanations -> AR/AV SFT -> save -> load -> resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nlakit.av import AV, extract_explanation
+from nlakit.errors import NlakitError
+from nlakit.maths import meannorm_baseline
+from nlakit.nla import NLA
+from nlakit.train.config import SFTConfig, load_config
+from nlakit.train.sft import load_pairs
+from nlakit.train.sft_ar import train_ar
+from nlakit.train.sft_av import train_av
+
+
+def _ar_cfg(pairs, out, **kw) -> SFTConfig:
+    base = dict(
+        data=str(pairs["train"]),
+        val_data=str(pairs["val"]),
+        out=str(out),
+        lora=False,
+        lr=3e-3,
+        warmup_steps=5,
+        batch_size=16,
+        max_steps=80,
+        eval_every=40,
+        save_every=40,
+        log_every=10,
+        autocast="none",
+        schedule="cosine",
+    )
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def nla_dir(tiny_pairs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("nla")
+    ar_result = train_ar(_ar_cfg(tiny_pairs, out))
+    av_result = train_av(_ar_cfg(tiny_pairs, out, lr=2e-3, max_steps=60, eval_every=30, batch_size=8))
+    return out, ar_result, av_result
+
+
+def test_ar_sft_beats_predict_the_mean(nla_dir, tiny_pairs):
+    out, result, _ = nla_dir
+    train = load_pairs(str(tiny_pairs["train"]), "explanation")
+    baseline = meannorm_baseline(train.vectors)
+    assert result["val_mse_nrm"] < 0.7 * baseline, (result, baseline)
+    assert result["val_fve_nrm"] > 0.2
+    rows = [json.loads(ln) for ln in (out / "train_ar" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert (out / "train_ar" / "curves.png").stat().st_size > 1000
+
+
+def test_av_sft_learns_and_reads_the_vector(nla_dir):
+    out, _, result = nla_dir
+    rows = [json.loads(ln) for ln in (out / "train_av" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    assert result["val_gap"] > 0.05, result  # real vectors explain the text better than shuffled ones
+
+
+def test_nla_folder_loads_and_runs(nla_dir, tiny_pairs):
+    out, _, _ = nla_dir
+    nla = NLA.from_pretrained(out, dtype="float32")
+    assert nla.layer == 2 and nla.d_model == 64 and nla.target == "tiny"
+    val = load_pairs(str(tiny_pairs["val"]), "explanation", max_rows=6)
+    texts = nla.verbalize(val.vectors, max_new_tokens=24)
+    assert len(texts) == 6 and all(isinstance(t, str) for t in texts)
+    scores = nla.score(val.texts, val.vectors)
+    assert scores["mse_nrm"].shape == (6,)
+    torch.testing.assert_close(scores["mse_nrm"], 2 * (1 - scores["cos"]), atol=1e-4, rtol=0)
+    # save_pretrained round trip gives the same reconstructions
+    nla.save_pretrained(out / "copy")
+    again = NLA.from_pretrained(out / "copy", dtype="float32")
+    torch.testing.assert_close(again.reconstruct(val.texts), nla.reconstruct(val.texts), atol=1e-5, rtol=0)
+
+
+def test_failed_injection_is_detected(nla_dir):
+    out, _, _ = nla_dir
+    av = AV.from_pretrained(out / "av", dtype="float32")
+
+    class Ignoring(AV):
+        def embed(self, ids, mask, vectors):  # the bug being guarded against: the vector never reaches the model
+            return self.model.get_input_embeddings()(ids)
+
+    broken = Ignoring(av.model, av.tok, av.meta)
+    with pytest.raises(NlakitError, match="injection failed"):
+        broken.check_injection()
+
+
+def test_resume_equals_uninterrupted(tiny_pairs, tmp_path):
+    straight = _ar_cfg(tiny_pairs, tmp_path / "a", max_steps=6, save_every=3, eval_every=100)
+    train_ar(straight)
+    first = _ar_cfg(tiny_pairs, tmp_path / "b", max_steps=3, save_every=3, eval_every=100)
+    train_ar(first)
+    train_ar(_ar_cfg(tiny_pairs, tmp_path / "b", max_steps=6, save_every=3, eval_every=100))
+    a = load_file(tmp_path / "a" / "train_ar" / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    b = load_file(tmp_path / "b" / "train_ar" / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_lora_checkpoint_saves_adapters(tiny_pairs, tmp_path):
+    train_ar(_ar_cfg(tiny_pairs, tmp_path, lora=True, lora_r=4, lora_alpha=8, max_steps=2, eval_every=100))
+    assert (tmp_path / "ar" / "adapter_config.json").is_file()
+    assert (tmp_path / "ar" / "value_head.safetensors").is_file()
+    nla = NLA.from_pretrained(tmp_path, dtype="float32")
+    assert nla.reconstruct("some text").shape == (1, 64)
+
+
+def test_config_overrides_and_unknown_keys(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data: d\nout: o\nlr: 0.001\n")
+    cfg = load_config(SFTConfig, cfg_file, ["max_steps=7", "lora=false", "base=none"])
+    assert (cfg.lr, cfg.max_steps, cfg.lora, cfg.base) == (0.001, 7, False, None)
+    with pytest.raises(NlakitError, match="unknown config key"):
+        load_config(SFTConfig, cfg_file, ["lrr=1"])
+
+
+def test_extract_explanation():
+    assert extract_explanation("<explanation>\n hi there \n</explanation> junk") == ("hi there", True)
+    assert extract_explanation("<explanation> cut off") == ("cut off", False)
