@@ -149,18 +149,24 @@ class AV:
     def token_logprobs(
         self, vectors: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """Log-probability of each label token [B, T-1] (0 where not a response token), with the vector injected."""
+        """Log-probability of each response token [B, T-P] (0 at padding), with the vector injected.
+
+        Every row starts with the same P-token prompt, so logits are computed only from position P-1 on: the LM head
+        over the prompt (most of the sequence, and a 49k-wide softmax) would be wasted work."""
+        p = len(self.prompt_ids)
         embeds = self.embed(ids, mask, vectors)
-        logits = self.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-        target = labels[:, 1:]
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
+        out = self.model(
+            inputs_embeds=embeds, attention_mask=mask, use_cache=False, logits_to_keep=ids.shape[1] - p + 1
+        )
+        target = labels[:, p:]
+        logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
         return logp * (target != -100)
 
     def sft_loss(self, vectors: torch.Tensor, explanations: list[str]) -> torch.Tensor:
         """Response-token NLL, averaged per sample then over samples (the reference's SFT loss)."""
         ids, mask, labels = self.batch(explanations)
         logp = self.token_logprobs(vectors, ids, mask, labels)
-        n_tok = (labels[:, 1:] != -100).sum(1).clamp_min(1)
+        n_tok = (labels[:, len(self.prompt_ids) :] != -100).sum(1).clamp_min(1)
         return (-(logp.sum(1) / n_tok)).mean()
 
     # ---- persistence -----------------------------------------------------------------------------------------------

@@ -86,6 +86,34 @@ def split(
         console.print(f"{name}: {n} rows -> {out / name}")
 
 
+@app.command()
+def datagen(
+    src: Annotated[Path, typer.Argument(help="Activations dataset folder (from `nla extract`).")],
+    out: Annotated[Path, typer.Option(help="Output dataset folder (source + explanation column).")],
+    provider: Annotated[str, typer.Option(help="grounded (offline), openai or anthropic.")] = "grounded",
+    model: Annotated[str | None, typer.Option(help="grounded: the target model; API: the chat model.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
+    concurrency: Annotated[int, typer.Option(help="API: requests in flight.")] = 8,
+    seed: Annotated[int, typer.Option(help="grounded: template seed.")] = 0,
+    max_rows: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+) -> None:
+    """Add warm-start explanations (resumable, cached by context hash)."""
+    from nlakit.datagen import datagen as run
+    from nlakit.explainers import make_explainer
+    from nlakit.meta import read_dataset_meta
+
+    if provider == "grounded":
+        options = {"model": model or read_dataset_meta(src).extraction.base_model, "seed": seed}
+    else:
+        options = {k: v for k, v in {"model": model, "base_url": base_url, "api_key_env": api_key_env}.items() if v}
+        options["concurrency"] = concurrency
+    result = run(src, out, make_explainer(provider, **options), max_rows=max_rows)
+    console.print(f"{result.rows} rows with explanations -> {out} ({result.dropped} dropped)")
+    if result.explained_now:
+        console.print(f"{result.explained_now} explained in {result.seconds:.1f} s ({result.rows_per_s:.1f} rows/s)")
+
+
 train_app = typer.Typer(no_args_is_help=True, help="Training recipes (typed configs; key=value overrides).")
 app.add_typer(train_app, name="train")
 

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from nlakit.errors import NlakitError
 from nlakit.explainers.api import AnthropicExplainer, OpenAIExplainer
 from nlakit.explainers.base import INSTRUCTION_PROMPT, Explainer, clean_analysis
+from nlakit.explainers.grounded import GroundedExplainer
 
-# Name -> constructor. Register further providers (e.g. "grounded") here.
+# Name -> constructor. Register further providers here.
 PROVIDERS: dict[str, Callable[..., Explainer]] = {
+    "grounded": GroundedExplainer,
     "openai": OpenAIExplainer,
     "anthropic": AnthropicExplainer,
 }
@@ -36,6 +38,7 @@ __all__ = [
     "PROVIDERS",
     "AnthropicExplainer",
     "Explainer",
+    "GroundedExplainer",
     "OpenAIExplainer",
     "clean_analysis",
     "make_explainer",

@@ -94,7 +94,7 @@ def run_sft(
                     with autocast(cfg):
                         loss = loss_fn(train.vectors[idx], [train.texts[i] for i in idx]) / cfg.grad_accum
                     loss.backward()
-                    total += float(loss)
+                    total += loss.item()
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
                 opt.step()
                 sched.step()

@@ -1,0 +1,128 @@
+"""`nla datagen`: add an `explanation` column to an activations dataset with any explainer.
+
+Rows are processed in fixed chunks; each chunk becomes one parquet part written atomically, so an interrupted run
+resumes at the first missing part. Inside a chunk, explanations are stored as they are made in a SQLite cache keyed
+by sha256(provider settings | context), so paid API calls are never repeated, across runs or datasets that share
+contexts. Rows an explainer drops (None) are left out and counted in the sidecar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+
+from nlakit import dataset as ds
+from nlakit.errors import NlakitError
+from nlakit.explainers.base import Explainer
+from nlakit.meta import write_dataset_meta
+from nlakit.progress import progress_bar
+
+CACHE_NAME = "explanations.sqlite"
+
+
+class ExplanationCache:
+    """context hash -> explanation (NULL = the explainer dropped it), per provider settings."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, explanation TEXT)")
+        self.salt = json.dumps(settings, sort_keys=True)
+
+    def key(self, context: str) -> str:
+        return hashlib.sha256(f"{self.salt}|{context}".encode()).hexdigest()
+
+    def get_many(self, contexts: list[str]) -> dict[str, str | None]:
+        keys = {self.key(c): c for c in contexts}
+        found: dict[str, str | None] = {}
+        items = list(keys)
+        for b in range(0, len(items), 500):
+            part = items[b : b + 500]
+            rows = self.db.execute(
+                f"SELECT key, explanation FROM cache WHERE key IN ({','.join('?' * len(part))})", part
+            )
+            for k, e in rows:
+                found[keys[k]] = e
+        return found
+
+    def put_many(self, pairs: list[tuple[str, str | None]]) -> None:
+        with self.db:  # one transaction: committed together or not at all
+            self.db.executemany("INSERT OR REPLACE INTO cache VALUES (?, ?)", [(self.key(c), e) for c, e in pairs])
+
+
+@dataclass
+class DatagenResult:
+    rows: int
+    dropped: int
+    seconds: float
+    explained_now: int
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.explained_now / self.seconds if self.seconds else 0.0
+
+
+def datagen(
+    src: str | Path,
+    out: str | Path,
+    explainer: Explainer,
+    *,
+    chunk_rows: int = 512,
+    flush_rows: int = 64,
+    max_rows: int | None = None,
+) -> DatagenResult:
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise NlakitError("--out must differ from the source dataset (the source is never modified)")
+    table, meta = ds.load(src)
+    if "context" not in table.column_names:
+        raise NlakitError(f"{src} has no 'context' column; it must come from `nla extract`")
+    if max_rows:
+        table = table.slice(0, max_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = ExplanationCache(out / CACHE_NAME, explainer.settings())
+    n_chunks = (table.num_rows + chunk_rows - 1) // chunk_rows
+    todo = [c for c in range(n_chunks) if not (out / ds.part_name(c)).is_file()]
+    t0, made = time.perf_counter(), 0
+    with progress_bar(
+        f"datagen {explainer.name}", total=table.num_rows, completed=(n_chunks - len(todo)) * chunk_rows
+    ) as bar:
+        for c in todo:
+            chunk = table.slice(c * chunk_rows, chunk_rows)
+            contexts = chunk.column("context").to_pylist()
+            known = cache.get_many(contexts)
+            bar.advance(len([x for x in contexts if x in known]))
+            missing = list(dict.fromkeys(x for x in contexts if x not in known))
+            for b in range(0, len(missing), flush_rows):
+                part = missing[b : b + flush_rows]
+                results = explainer.explain(part, progress=bar.advance)
+                cache.put_many(list(zip(part, results, strict=True)))
+                known.update(zip(part, results, strict=True))
+                made += len(part)
+            explanations = [known[x] for x in contexts]
+            keep = pa.array([e is not None for e in explanations])
+            kept = chunk.append_column("explanation", pa.array(explanations, pa.string())).filter(keep)
+            ds.write_parquet(out / ds.part_name(c), kept)
+    seconds = time.perf_counter() - t0
+
+    total = ds.read_table(out, ["doc_id"]).num_rows
+    dropped = table.num_rows - total
+    summary = {**explainer.settings(), "stats": dict(explainer.stats), "dropped_rows": dropped}
+    write_dataset_meta(
+        out,
+        replace(
+            meta,
+            stage="explained",
+            row_count=total,
+            api_summaries=summary,
+            dataset_id=f"{meta.dataset_id}__explained",
+            parent_datasets=[meta.dataset_id],
+            created_at="",
+        ),
+    )
+    return DatagenResult(total, dropped, seconds, made)
