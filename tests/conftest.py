@@ -50,8 +50,11 @@ def write_pairs(src: Path, dest: Path, explanation_of) -> Path:
 
 
 def _token_explanation(row: dict) -> str:
-    word = row["token"].strip() or "a space"
-    return f"The text ends with the token '{word}'."
+    # The vectors of a random tiny model are mostly their token's embedding (token identity explains ~89% of their
+    # variance), so naming the token makes the task learnable; repeating it lets a random-init AR's near-uniform
+    # attention carry it to the last position.
+    word = row["token"].strip() or "space"
+    return f"The text ends with the token '{word}'. " + " ".join([word] * 8)
 
 
 @pytest.fixture(scope="session")

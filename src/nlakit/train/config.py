@@ -45,6 +45,7 @@ class SFTConfig:
     eval_rows: int = 256
     max_length: int = 512
     injection_scale: float | None = None  # AV: None picks a round number a bit above the mean activation norm
+    av_template: str | None = None  # AV prompt with one {injection_char}; None = the reference's template
 
 
 def _coerce(value: str, typ: Any) -> Any:

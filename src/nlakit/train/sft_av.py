@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nlakit.av import AV, default_injection_scale
+from nlakit.errors import NlakitError
 from nlakit.injection import find_marker
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta
 from nlakit.models import load_causal_lm, load_tokenizer
@@ -25,6 +26,9 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
     ext = train.meta.extraction
     base = cfg.base or ext.base_model
     tok = load_tokenizer(base)
+    av_template = cfg.av_template or AV_TEMPLATE
+    if av_template.count("{injection_char}") != 1:
+        raise NlakitError("av_template must contain {injection_char} exactly once (where the vector goes)")
     mean_norm = ext.mean_norm or float(np.linalg.norm(train.vectors.numpy(), axis=1).mean())
     meta = ModelMeta(
         role="av",
@@ -32,7 +36,8 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
         extraction_layer_index=ext.layer_index,
         injection_scale=cfg.injection_scale or default_injection_scale(mean_norm),
         mse_scale=math.sqrt(ext.d_model),
-        tokens=find_marker(tok, AV_TEMPLATE, AR_TEMPLATE),
+        tokens=find_marker(tok, av_template, AR_TEMPLATE),
+        prompt_templates={"av": av_template, "ar": AR_TEMPLATE},
         stage="sl",
         base_checkpoint=base,
         target=ext.base_model,
