@@ -20,8 +20,17 @@ from nlakit.models import load_causal_lm, load_tokenizer
 @pytest.fixture(scope="module")
 def acts(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("dg") / "acts"
-    extract(ExtractConfig(model="tiny", layers=[2], corpus=str(tiny_corpus), out=out, positions_per_doc=6,
-                          min_position=2, dtype="float32"))
+    extract(
+        ExtractConfig(
+            model="tiny",
+            layers=[2],
+            corpus=str(tiny_corpus),
+            out=out,
+            positions_per_doc=6,
+            min_position=2,
+            dtype="float32",
+        )
+    )
     return out
 
 

@@ -424,7 +424,7 @@ def test_make_explainer_builds_registered_providers(api: FakeAPI) -> None:
 
 
 def test_make_explainer_unknown_name() -> None:
-    with pytest.raises(NlakitError, match="unknown explainer 'gpt'.*anthropic, openai"):
+    with pytest.raises(NlakitError, match="unknown explainer 'gpt'.*anthropic, grounded, openai"):
         make_explainer("gpt")
 
 

@@ -201,3 +201,10 @@ def test_split_is_document_level_and_seeded(tiny_corpus, tmp_path):
         sorted(docs["train"] | docs["val"] | docs["test"]), {"train": 0.6, "val": 0.2, "test": 0.2}, 1
     )
     assert again["test"] == docs["test"]
+
+
+@pytest.mark.parametrize("command", [[], ["extract"], ["split"], ["datagen"], ["train", "ar"], ["train", "av"]])
+def test_cli_help(command):
+    r = subprocess.run([sys.executable, "-m", "nlakit", *command, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Usage" in r.stdout

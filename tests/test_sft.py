@@ -17,6 +17,8 @@ from nlakit.train.sft import load_pairs
 from nlakit.train.sft_ar import train_ar
 from nlakit.train.sft_av import train_av
 
+SHORT_AV_TEMPLATE = "Vector: <concept>{injection_char}</concept>"
+
 
 def _ar_cfg(pairs, out, **kw) -> SFTConfig:
     base = dict(
@@ -42,7 +44,10 @@ def _ar_cfg(pairs, out, **kw) -> SFTConfig:
 def nla_dir(tiny_pairs, tmp_path_factory):
     out = tmp_path_factory.mktemp("nla")
     ar_result = train_ar(_ar_cfg(tiny_pairs, out))
-    av_result = train_av(_ar_cfg(tiny_pairs, out, lr=2e-3, max_steps=60, eval_every=30, batch_size=8))
+    # a short AV prompt (sidecar-driven) keeps the marker within reach of a random-init model's diffuse attention
+    av_result = train_av(
+        _ar_cfg(tiny_pairs, out, lr=3e-3, max_steps=200, eval_every=100, batch_size=8, av_template=SHORT_AV_TEMPLATE)
+    )
     return out, ar_result, av_result
 
 
@@ -50,7 +55,7 @@ def test_ar_sft_beats_predict_the_mean(nla_dir, tiny_pairs):
     out, result, _ = nla_dir
     train = load_pairs(str(tiny_pairs["train"]), "explanation")
     baseline = meannorm_baseline(train.vectors)
-    assert result["val_mse_nrm"] < 0.85 * baseline, (result, baseline)  # measured 0.75x
+    assert result["val_mse_nrm"] < 0.5 * baseline, (result, baseline)  # measured 0.29x
     rows = [json.loads(ln) for ln in (out / "train_ar" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert (out / "train_ar" / "curves.png").stat().st_size > 1000
@@ -60,7 +65,7 @@ def test_av_sft_learns_and_reads_the_vector(nla_dir):
     out, _, result = nla_dir
     rows = [json.loads(ln) for ln in (out / "train_av" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
-    assert result["val_gap"] > 0.05, result  # real vectors explain the text better than shuffled ones
+    assert result["val_gap"] > 0.05, result  # real vectors explain the text better than shuffled (measured 0.15)
 
 
 def test_nla_folder_loads_and_runs(nla_dir, tiny_pairs):

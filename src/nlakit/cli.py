@@ -117,7 +117,7 @@ def datagen(
 train_app = typer.Typer(no_args_is_help=True, help="Training recipes (typed configs; key=value overrides).")
 app.add_typer(train_app, name="train")
 
-_OVERRIDES = typer.Argument(None, help="Config overrides such as lr=1e-4 max_steps=200.")
+_OVERRIDES = typer.Argument(help="Config overrides such as lr=1e-4 max_steps=200.")
 
 
 @train_app.command("ar")

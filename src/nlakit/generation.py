@@ -12,6 +12,7 @@ import torch
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 150
+    min_new_tokens: int = 0  # benchmarks force equal lengths; EOS before this is suppressed
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
@@ -39,6 +40,7 @@ def hf_generate(
             inputs_embeds=embeds,
             attention_mask=mask,
             max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens,
             eos_token_id=eos_ids,
             pad_token_id=pad_id,
             **kwargs,

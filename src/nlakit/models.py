@@ -176,7 +176,10 @@ def model_path(name: str | Path) -> Path:
 def load_tokenizer(name: str | Path, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path(name))
+    folder = Path(str(name)).expanduser()
+    # a checkpoint folder (e.g. LoRA adapters) carries its tokenizer without full model weights
+    src = folder if (folder / "tokenizer_config.json").is_file() else model_path(name)
+    tok = AutoTokenizer.from_pretrained(src)
     tok.padding_side = padding_side
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
