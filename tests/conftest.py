@@ -85,3 +85,43 @@ def tiny_pairs(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     write_pairs(root / "acts", root / "explained", _token_explanation, keep=lambda r: r["token"] in FREQUENT)
     ds.split(root / "explained", root / "split", {"train": 0.8, "val": 0.2, "test": 0.0}, seed=0)
     return {"train": root / "split" / "train", "val": root / "split" / "val"}
+
+
+SHORT_AV_TEMPLATE = "Vector: <concept>{injection_char}</concept>"
+
+
+def sft_config(pairs, out, **kw):
+    from nlakit.train.config import SFTConfig
+
+    base = dict(
+        data=str(pairs["train"]),
+        val_data=str(pairs["val"]),
+        out=str(out),
+        lora=False,
+        lr=1e-3,
+        warmup_steps=5,
+        batch_size=16,
+        max_steps=200,
+        eval_every=40,
+        save_every=40,
+        log_every=10,
+        autocast="none",
+        schedule="cosine",
+    )
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def nla_dir(tiny_pairs, tmp_path_factory):
+    """A small SFT'd NLA on `tiny` (AR and AV), shared by the SFT, NLA and RL tests."""
+    from nlakit.train.sft_ar import train_ar
+    from nlakit.train.sft_av import train_av
+
+    out = tmp_path_factory.mktemp("nla")
+    ar_result = train_ar(sft_config(tiny_pairs, out))
+    # a short AV prompt (sidecar-driven) keeps the marker within reach of a random-init model's diffuse attention
+    av_result = train_av(
+        sft_config(tiny_pairs, out, lr=3e-3, max_steps=200, eval_every=100, batch_size=8, av_template=SHORT_AV_TEMPLATE)
+    )
+    return out, ar_result, av_result

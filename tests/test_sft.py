@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import sft_config
 from nlakit.av import AV, extract_explanation
 from nlakit.errors import NlakitError
 from nlakit.maths import meannorm_baseline
@@ -15,40 +16,6 @@ from nlakit.nla import NLA
 from nlakit.train.config import SFTConfig, load_config
 from nlakit.train.sft import load_pairs
 from nlakit.train.sft_ar import train_ar
-from nlakit.train.sft_av import train_av
-
-SHORT_AV_TEMPLATE = "Vector: <concept>{injection_char}</concept>"
-
-
-def _ar_cfg(pairs, out, **kw) -> SFTConfig:
-    base = dict(
-        data=str(pairs["train"]),
-        val_data=str(pairs["val"]),
-        out=str(out),
-        lora=False,
-        lr=1e-3,
-        warmup_steps=5,
-        batch_size=16,
-        max_steps=200,
-        eval_every=40,
-        save_every=40,
-        log_every=10,
-        autocast="none",
-        schedule="cosine",
-    )
-    base.update(kw)
-    return SFTConfig(**base)
-
-
-@pytest.fixture(scope="module")
-def nla_dir(tiny_pairs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("nla")
-    ar_result = train_ar(_ar_cfg(tiny_pairs, out))
-    # a short AV prompt (sidecar-driven) keeps the marker within reach of a random-init model's diffuse attention
-    av_result = train_av(
-        _ar_cfg(tiny_pairs, out, lr=3e-3, max_steps=200, eval_every=100, batch_size=8, av_template=SHORT_AV_TEMPLATE)
-    )
-    return out, ar_result, av_result
 
 
 def test_ar_sft_beats_predict_the_mean(nla_dir, tiny_pairs):
@@ -98,11 +65,11 @@ def test_failed_injection_is_detected(nla_dir):
 
 
 def test_resume_equals_uninterrupted(tiny_pairs, tmp_path):
-    straight = _ar_cfg(tiny_pairs, tmp_path / "a", max_steps=6, save_every=3, eval_every=100)
+    straight = sft_config(tiny_pairs, tmp_path / "a", max_steps=6, save_every=3, eval_every=100)
     train_ar(straight)
-    first = _ar_cfg(tiny_pairs, tmp_path / "b", max_steps=3, save_every=3, eval_every=100)
+    first = sft_config(tiny_pairs, tmp_path / "b", max_steps=3, save_every=3, eval_every=100)
     train_ar(first)
-    train_ar(_ar_cfg(tiny_pairs, tmp_path / "b", max_steps=6, save_every=3, eval_every=100))
+    train_ar(sft_config(tiny_pairs, tmp_path / "b", max_steps=6, save_every=3, eval_every=100))
     a = load_file(tmp_path / "a" / "train_ar" / "checkpoints" / "step_0000006" / "trainable.safetensors")
     b = load_file(tmp_path / "b" / "train_ar" / "checkpoints" / "step_0000006" / "trainable.safetensors")
     assert a.keys() == b.keys()
@@ -111,7 +78,7 @@ def test_resume_equals_uninterrupted(tiny_pairs, tmp_path):
 
 
 def test_lora_checkpoint_saves_adapters(tiny_pairs, tmp_path):
-    train_ar(_ar_cfg(tiny_pairs, tmp_path, lora=True, lora_r=4, lora_alpha=8, max_steps=2, eval_every=100))
+    train_ar(sft_config(tiny_pairs, tmp_path, lora=True, lora_r=4, lora_alpha=8, max_steps=2, eval_every=100))
     assert (tmp_path / "ar" / "adapter_config.json").is_file()
     assert (tmp_path / "ar" / "value_head.safetensors").is_file()
     nla = NLA.from_pretrained(tmp_path, dtype="float32")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nlakit.errors import NlakitError
-from nlakit.generation import Generator, SamplingConfig, hf_generate
+from nlakit.generation import Generator, SamplingConfig, fast_generate
 from nlakit.injection import check_tokens, check_vectors, inject, marker_positions, render_av_prompt
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
 from nlakit.models import load_causal_lm, load_tokenizer
@@ -56,7 +56,7 @@ class AV:
                 if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id
             }
         )
-        self.generator: Generator = hf_generate
+        self.generator: Generator = fast_generate
 
     @property
     def device(self) -> torch.device:
@@ -108,7 +108,8 @@ class AV:
         mask = torch.ones_like(ids)
         with torch.inference_mode():
             embeds = self.embed(ids, mask, vectors)
-        return self.generator(self.model, embeds, mask, cfg, self.eos_ids, self.tok.pad_token_id)
+        marker = self.prompt_ids.index(self.meta.tokens.injection_token_id)
+        return self.generator(self.model, embeds, mask, cfg, self.eos_ids, self.tok.pad_token_id, shared_prefix=marker)
 
     def verbalize(
         self,
@@ -135,21 +136,39 @@ class AV:
     # ---- training --------------------------------------------------------------------------------------------------
     def batch(self, explanations: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded prompt+response ids, attention mask, and labels (-100 outside the response)."""
-        seqs = [(self.prompt_ids, self.response_ids(e)) for e in explanations]
-        width = max(len(p) + len(r) for p, r in seqs)
-        ids = torch.full((len(seqs), width), self.tok.pad_token_id, dtype=torch.long)
+        return self._pack([self.response_ids(e) for e in explanations])
+
+    def rollout_batch(self, generated: torch.Tensor, pad_id: int | None = None) -> tuple[torch.Tensor, ...]:
+        """The same layout for generated ids [B, T]: each response runs up to and including its first EOS."""
+        pad = self.tok.pad_token_id if pad_id is None else pad_id
+        responses = []
+        for row in generated.tolist():
+            ends = [i for i, t in enumerate(row) if t in self.eos_ids]
+            responses.append(row[: ends[0] + 1] if ends else [t for t in row if t != pad] or row[:1])
+        return self._pack(responses)
+
+    def _pack(self, responses: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.prompt_ids
+        width = len(p) + max(len(r) for r in responses)
+        ids = torch.full((len(responses), width), self.tok.pad_token_id, dtype=torch.long)
         labels = torch.full_like(ids, -100)
         mask = torch.zeros_like(ids)
-        for i, (p, r) in enumerate(seqs):
+        for i, r in enumerate(responses):
             ids[i, : len(p) + len(r)] = torch.tensor(p + r)
             labels[i, len(p) : len(p) + len(r)] = torch.tensor(r)
             mask[i, : len(p) + len(r)] = 1
         return ids.to(self.device), mask.to(self.device), labels.to(self.device)
 
     def token_logprobs(
-        self, vectors: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Log-probability of each response token [B, T-P] (0 at padding), with the vector injected.
+        self,
+        vectors: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor,
+        with_entropy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of each response token [B, T-P] (0 at padding), with the vector injected; optionally
+        also the entropy of each next-token distribution.
 
         Every row starts with the same P-token prompt, so logits are computed only from position P-1 on: the LM head
         over the prompt (most of the sequence, and a 49k-wide softmax) would be wasted work."""
@@ -159,8 +178,13 @@ class AV:
             inputs_embeds=embeds, attention_mask=mask, use_cache=False, logits_to_keep=ids.shape[1] - p + 1
         )
         target = labels[:, p:]
-        logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
-        return logp * (target != -100)
+        valid = target != -100
+        logp_all = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+        logp = logp_all.gather(-1, target.clamp_min(0)[..., None])[..., 0] * valid
+        if not with_entropy:
+            return logp
+        entropy = -(logp_all.exp() * logp_all).sum(-1) * valid
+        return logp, entropy
 
     def sft_loss(self, vectors: torch.Tensor, explanations: list[str]) -> torch.Tensor:
         """Response-token NLL, averaged per sample then over samples (the reference's SFT loss)."""

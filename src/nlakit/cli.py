@@ -146,6 +146,19 @@ def train_av_cmd(
     console.print({k: round(v, 4) for k, v in result.items()})
 
 
+@train_app.command("rl")
+def train_rl_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML config (RLConfig fields).")] = None,
+    overrides: Annotated[list[str] | None, _OVERRIDES] = None,
+) -> None:
+    """Joint RL: GRPO for the AV with the live AR's reward, AR trained on the fresh explanations. Resumes."""
+    from nlakit.train.config import load_config
+    from nlakit.train.rl import RLConfig, train_rl
+
+    result = train_rl(load_config(RLConfig, config, overrides))
+    console.print({k: round(v, 4) for k, v in result.items()})
+
+
 @app.command()
 def demo(
     model: str = "smollm2-135m",
