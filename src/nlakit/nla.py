@@ -10,6 +10,7 @@ The reference's released pair (two separate folders, full weights, actor/critic 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,7 +18,8 @@ import torch
 from nlakit.ar import AR
 from nlakit.av import AV
 from nlakit.errors import NlakitError
-from nlakit.maths import cosine, mse_nrm
+from nlakit.extract import LayerCapture
+from nlakit.maths import cosine, fve_nrm, mse_nrm
 from nlakit.meta import META_NAME, read_yaml, write_yaml
 
 PACKAGED = Path(__file__).parent / "assets" / "nla"
@@ -36,6 +38,20 @@ def resolve_nla_path(name: str | Path) -> Path:
     )
 
 
+@dataclass
+class TokenExplanation:
+    position: int
+    token: str
+    explanation: str
+    cos: float
+    mse_nrm: float
+    fve_nrm: float | None  # None when the AR sidecar does not record its training rawvar
+    norm: float  # raw activation norm
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class NLA:
     def __init__(self, av: AV | None, ar: AR | None):
         if av is None and ar is None:
@@ -47,6 +63,8 @@ class NLA:
                     f"K={ar.meta.extraction_layer_index}) were trained for different activations"
                 )
         self.av, self.ar = av, ar
+        self._target = None
+        self.dtype = "auto"
         meta = (av or ar).meta
         self.target, self.layer, self.d_model = (
             meta.target or meta.base_checkpoint,
@@ -70,10 +88,86 @@ class NLA:
             ar = ar or (root / "ar" if (root / "ar" / META_NAME).is_file() else None)
             if av is None and ar is None:
                 raise NlakitError(f"{root} has neither av/{META_NAME} nor ar/{META_NAME}; is it an NLA folder?")
-        return cls(
+        nla = cls(
             AV.from_pretrained(av, device=device, dtype=dtype) if av else None,
             AR.from_pretrained(ar, device=device, dtype=dtype) if ar else None,
         )
+        nla.dtype = dtype
+        return nla
+
+    @property
+    def rawvar(self) -> float | None:
+        """The training distribution's FVE denominator, recorded in the AR sidecar by AR SFT."""
+        return ((self.ar.meta.training or {}).get("rawvar_baseline") if self.ar else None) or None
+
+    def target_backbone(self):
+        """The target truncated to blocks 0..K (loaded once), for reading activations."""
+        if self._target is None:
+            from nlakit.models import load_backbone, load_tokenizer
+
+            device = (self.av or self.ar).device
+            self._target = load_backbone(self.target, num_layers=self.layer + 1, device=str(device), dtype=self.dtype)
+            self._target_tok = load_tokenizer(self.target)
+        return self._target
+
+    @torch.no_grad()
+    def activations(self, text: str) -> tuple[list[int], torch.Tensor]:
+        """Token ids of `text` (as in extraction) and the layer-K residual stream at every position [T, d]."""
+        if not text.strip():
+            raise NlakitError("the text is empty; give at least one word to explain")
+        model = self.target_backbone()
+        ids = self._target_tok(text, add_special_tokens=True, truncation=True, max_length=1024)["input_ids"]
+        cap = LayerCapture(model, [self.layer])
+        try:
+            model(input_ids=torch.tensor([ids], device=next(model.parameters()).device), use_cache=False)
+        finally:
+            cap.remove()
+        return ids, cap.outputs[self.layer][0].float().cpu()
+
+    def explain(
+        self,
+        text: str,
+        positions: list[int] | None = None,
+        *,
+        max_new_tokens: int = 120,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[TokenExplanation]:
+        """Explain `text` token by token: read each position's activation, verbalise them all in one batched
+        generation, reconstruct each explanation and score it. Position 0 (an attention sink) is skipped unless
+        asked for."""
+        if self.av is None or self.ar is None:
+            raise NlakitError("explain needs both an AV and an AR")
+        ids, acts = self.activations(text)
+        positions = list(range(1 if len(ids) > 1 else 0, len(ids))) if positions is None else positions
+        bad = [p for p in positions if not 0 <= p < len(ids)]
+        if bad:
+            raise NlakitError(f"position {bad[0]} is outside the text's {len(ids)} tokens (0..{len(ids) - 1})")
+        vectors = acts[positions]
+        texts = self.av.verbalize(
+            vectors,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            batch_size=max(1, len(positions)),
+        )
+        scores = self.score(texts, vectors)
+        rawvar = self.rawvar
+        out = []
+        for i, p in enumerate(positions):
+            mse = float(scores["mse_nrm"][i])
+            out.append(
+                TokenExplanation(
+                    position=p,
+                    token=self._target_tok.decode([ids[p]]),
+                    explanation=texts[i],
+                    cos=float(scores["cos"][i]),
+                    mse_nrm=mse,
+                    fve_nrm=float(fve_nrm(mse, rawvar)) if rawvar else None,
+                    norm=float(vectors[i].norm()),
+                )
+            )
+        return out
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)

@@ -46,6 +46,9 @@ def train_ar(cfg: SFTConfig) -> dict[str, float]:
         training={
             "lr": cfg.lr,
             "loss_type": "mse_nrm",
+            # the FVE denominators of the training distribution, so inference can report fve_nrm
+            "rawvar_baseline": rawvar_baseline(train.vectors),
+            "meannorm_baseline": meannorm_baseline(train.vectors),
             "global_batch_size": cfg.batch_size * cfg.grad_accum,
             "lora": cfg.lora,
             "max_steps": cfg.max_steps,
