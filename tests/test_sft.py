@@ -97,3 +97,45 @@ def test_config_overrides_and_unknown_keys(tmp_path):
 def test_extract_explanation():
     assert extract_explanation("<explanation>\n hi there \n</explanation> junk") == ("hi there", True)
     assert extract_explanation("<explanation> cut off") == ("cut off", False)
+
+
+def test_explain_per_token(nla_dir, tmp_path):
+    out, _, _ = nla_dir
+    nla = NLA.from_pretrained(out, dtype="float32")
+    rows = nla.explain("The history of the city is long, and the people of the region", max_new_tokens=16)
+    ids, acts = nla.activations("The history of the city is long, and the people of the region")
+    assert [r.position for r in rows] == list(range(1, len(ids)))  # every token but the attention sink
+    assert all(r.fve_nrm is not None and -10 < r.fve_nrm <= 1 for r in rows)
+    assert rows[0].norm == pytest.approx(float(acts[1].norm()), rel=1e-5)
+    chosen = nla.explain("The history of the city", [2, 3], max_new_tokens=8)
+    assert [r.position for r in chosen] == [2, 3]
+    with pytest.raises(NlakitError, match="outside"):
+        nla.explain("short", [50])
+    with pytest.raises(NlakitError, match="empty"):
+        nla.explain("   ")
+    # the CLI writes the same rows as JSON
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nlakit",
+            "explain",
+            "The history of the city",
+            "--nla",
+            str(out),
+            "--json",
+            str(tmp_path / "e.json"),
+            "--max-new-tokens",
+            "8",
+            "--dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    payload = json.loads((tmp_path / "e.json").read_text())
+    assert payload["layer"] == 2 and len(payload["tokens"]) == len(nla.activations("The history of the city")[0]) - 1

@@ -159,6 +159,85 @@ def train_rl_cmd(
     console.print({k: round(v, 4) for k, v in result.items()})
 
 
+_NLA_OPT = typer.Option("--nla", help="NLA folder (av/ + ar/) or a shipped name.")
+
+
+@app.command()
+def explain(
+    text: Annotated[str, typer.Argument(help="The text to explain, token by token.")],
+    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
+    positions: Annotated[str | None, typer.Option(help="Comma-separated token positions (default: all but 0).")] = None,
+    max_new_tokens: int = 120,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+) -> None:
+    """Per-token explanations of TEXT with reconstruction fidelity (cos, fve_nrm)."""
+    import json
+
+    from nlakit.io import atomic_write_text
+    from nlakit.nla import NLA
+
+    chosen = None
+    if positions:
+        try:
+            chosen = [int(p) for p in positions.split(",") if p.strip()]
+        except ValueError:
+            raise NlakitError(f"--positions {positions!r} must be comma-separated integers") from None
+    model = NLA.from_pretrained(nla, device=device, dtype=dtype)
+    rows = model.explain(text, chosen, max_new_tokens=max_new_tokens)
+    table = Table(title=f"{model.target}, layer {model.layer}", show_lines=True)
+    for col in ("pos", "token", "explanation", "cos", "fve"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        fve = "" if r.fve_nrm is None else f"{r.fve_nrm:.2f}"
+        table.add_row(str(r.position), repr(r.token), r.explanation, f"{r.cos:.2f}", fve)
+    console.print(table)
+    if json_out:
+        payload = {"text": text, "target": model.target, "layer": model.layer, "tokens": [r.to_dict() for r in rows]}
+        atomic_write_text(json_out, json.dumps(payload, indent=1, ensure_ascii=False))
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+def verbalize(
+    dataset: Annotated[Path, typer.Argument(help="Activations dataset folder (or a reference parquet).")],
+    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
+    n: Annotated[int, typer.Option(help="How many rows, from the start.")] = 3,
+    temperature: float = 0.0,
+    max_new_tokens: int = 120,
+) -> None:
+    """Explanations for activation vectors read from a dataset."""
+    from nlakit import dataset as ds
+    from nlakit.nla import NLA
+
+    table = ds.read_table(dataset).slice(0, n)
+    vectors = ds.vectors_of(table)
+    model = NLA.from_pretrained(nla)
+    texts = model.verbalize(vectors, temperature=temperature, max_new_tokens=max_new_tokens)
+    contexts = table.column("context").to_pylist() if "context" in table.column_names else [""] * len(texts)
+    for ctx, vec, text in zip(contexts, vectors, texts, strict=True):
+        console.print(f"[bold]context[/] …{ctx[-80:]!r}  ‖v‖={float((vec**2).sum() ** 0.5):.1f}\n{text}\n")
+
+
+@app.command()
+def reconstruct(
+    text: Annotated[str, typer.Argument(help="An explanation to reconstruct.")],
+    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
+    out: Annotated[Path | None, typer.Option(help="Save the vector as .npy.")] = None,
+) -> None:
+    """The AR's reconstruction of one explanation (prints its norm and first values; --out saves it)."""
+    import numpy as np
+
+    from nlakit.nla import NLA
+
+    vec = NLA.from_pretrained(nla).reconstruct(text)[0].numpy()
+    console.print(f"d={vec.shape[0]} norm={np.linalg.norm(vec):.2f} first values: {np.round(vec[:6], 3).tolist()}")
+    if out:
+        np.save(out, vec)
+        console.print(f"wrote {out}")
+
+
 @app.command()
 def demo(
     model: str = "smollm2-135m",
