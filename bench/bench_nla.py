@@ -122,3 +122,128 @@ def av_generate(mode: str, batch: int = 32, new_tokens: int = 64) -> dict:
     n = run()
     dt = time.perf_counter() - t
     return {"tok_s": n / dt, "seconds": dt, "tokens": n, "prompt_tokens": len(av.prompt_ids)}
+
+
+def make_base_nla(path: str, layer: int = 20) -> str:
+    """An NLA for SmolLM2 straight from the base weights (fresh LoRA adapters, identity value head): for timing."""
+    from pathlib import Path
+
+    from nlakit.ar import AR
+    from nlakit.av import AV
+    from nlakit.injection import find_marker
+    from nlakit.meta import AV_TEMPLATE, ModelMeta
+    from nlakit.models import load_causal_lm, load_tokenizer
+    from nlakit.nla import write_pair_meta
+    from nlakit.train.loop import add_lora
+
+    root = Path(path)
+    if (root / "nla_meta.yaml").is_file():
+        return path
+    tok = load_tokenizer("smollm2-135m")
+    tokens = find_marker(tok, AV_TEMPLATE)
+    common = dict(
+        d_model=576,
+        extraction_layer_index=layer,
+        mse_scale=24.0,
+        tokens=tokens,
+        base_checkpoint="smollm2-135m",
+        target="smollm2-135m",
+    )
+    av = AV(
+        add_lora(load_causal_lm("smollm2-135m", dtype="float32"), 16, 32, task_type="CAUSAL_LM"),
+        tok,
+        ModelMeta(role="av", injection_scale=250.0, **common),
+    )
+    av.save_pretrained(root / "av")
+    ar = AR.from_base(
+        "smollm2-135m",
+        ModelMeta(role="ar", injection_scale=None, training={"rawvar_baseline": 0.457}, **common),
+        dtype="float32",
+    )
+    ar.backbone = add_lora(ar.backbone, 16, 32)
+    ar.save_pretrained(root / "ar")
+    write_pair_meta(root)
+    return path
+
+
+PROMPT_40 = (
+    "The Eiffel Tower was built for the 1889 World's Fair in Paris, and at first many artists "
+    "criticised its design, calling it an ugly iron skeleton that"
+)
+
+
+def explain_latency(mode: str, nla_dir: str, new_tokens: int = 80, baseline_positions: int = 6) -> dict:
+    """Seconds per position of a ~40-token prompt, every explanation forced to `new_tokens` tokens (a typical
+    explanation length), greedy. mode=nlakit: `NLA.explain` (all positions in one batched, prefix-shared
+    generation); mode=baseline: one plain HF `generate` per position, as a per-request server would (timed on
+    `baseline_positions` positions)."""
+    from nlakit.generation import SamplingConfig, hf_generate
+    from nlakit.nla import NLA
+
+    nla = NLA.from_pretrained(make_base_nla(nla_dir), dtype="bfloat16")
+    ids, acts = nla.activations(PROMPT_40)
+    orig = nla.av.generator
+    if mode == "nlakit":
+
+        def forced(model, embeds, mask, cfg, eos_ids, pad_id, shared_prefix=0):
+            cfg = SamplingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+            return orig(model, embeds, mask, cfg, eos_ids, pad_id, shared_prefix)
+
+        nla.av.generator = forced
+        nla.explain(PROMPT_40, [1, 2])  # warm-up
+        t = time.perf_counter()
+        rows = nla.explain(PROMPT_40)
+        dt = time.perf_counter() - t
+        return {"sec_per_position": dt / len(rows), "positions": len(rows), "seconds": dt, "prompt_tokens": len(ids)}
+    cfg = SamplingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    nla.av.generator = hf_generate
+    nla.av.generate_ids(acts[1:2], cfg)  # warm-up
+    t = time.perf_counter()
+    for p in range(1, 1 + baseline_positions):
+        texts = nla.av.tok.batch_decode(nla.av.generate_ids(acts[p : p + 1], cfg), skip_special_tokens=True)
+        nla.ar.reconstruct(texts)
+    dt = time.perf_counter() - t
+    return {
+        "sec_per_position": dt / baseline_positions,
+        "positions": baseline_positions,
+        "seconds": dt,
+        "prompt_tokens": len(ids),
+    }
+
+
+def rl_step(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
+    """Seconds per RL step on SmolLM2 (4 activations x group 4, 96-token cap) and the share of each phase."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    from nlakit.extract import ExtractConfig, extract
+    from nlakit.train.rl import RLConfig, train_rl
+
+    if not (Path(data_dir) / "nla_meta.yaml").is_file():
+        extract(
+            ExtractConfig(
+                model="smollm2-135m", layers=[20], corpus="wiki", out=Path(data_dir), max_docs=64, positions_per_doc=2
+            )
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        train_rl(
+            RLConfig(
+                data=data_dir,
+                nla=make_base_nla(nla_dir),
+                out=tmp,
+                max_steps=steps + 1,
+                save_every=1000,
+                max_new_tokens=96,
+                group_size=4,
+                prompts_per_step=4,
+            )
+        )
+        import json
+
+        rows = [json.loads(ln) for ln in (Path(tmp) / "train_rl" / "metrics.jsonl").read_text().splitlines()][1:]
+    out = {
+        k: statistics.median(r[k] for r in rows)
+        for k in ("sec", "sec_generate", "sec_reward", "sec_av_update", "sec_ar_update", "length")
+    }
+    return out

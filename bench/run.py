@@ -109,8 +109,61 @@ def av_generation(args) -> list[str]:
     ]
 
 
+def explain_latency(args) -> list[str]:
+    nla_dir = str(HERE / ".cache" / "base_nla")
+    base, ours = [], []
+    for _ in range(args.repeats):
+        base.append(run_isolated("bench_nla", "explain_latency", mode="baseline", nla_dir=nla_dir))
+        ours.append(run_isolated("bench_nla", "explain_latency", mode="nlakit", nla_dir=nla_dir))
+    b = statistics.median(r["sec_per_position"] for r in base)
+    o = statistics.median(r["sec_per_position"] for r in ours)
+    RESULTS["explain"] = {"base": base, "ours": ours}
+    n = ours[0]["positions"]
+    return [
+        f"### `nla explain` latency ({ours[0]['prompt_tokens']}-token prompt, {n} positions, 80-token explanations "
+        f"forced, bf16, median of {args.repeats})",
+        "",
+        "| path | seconds per position | speed-up | peak RSS (MB) |",
+        "|---|---|---|---|",
+        f"| one HF `generate` + AR call per position (baseline) | {b:.2f} | 1.00 | "
+        f"{statistics.median(r['peak_rss_mb'] for r in base):.0f} |",
+        f"| `NLA.explain`: read, one batched generation, batched AR | **{o:.2f}** | **{b / o:.1f}x** | "
+        f"{statistics.median(r['peak_rss_mb'] for r in ours):.0f} |",
+        "",
+    ]
+
+
+def rl_step(args) -> list[str]:
+    r = run_isolated(
+        "bench_nla", "rl_step", nla_dir=str(HERE / ".cache" / "base_nla"), data_dir=str(HERE / ".cache" / "rl_data")
+    )
+    RESULTS["rl_step"] = r
+    parts = [
+        ("generation", "sec_generate"),
+        ("AR scoring (reward)", "sec_reward"),
+        ("AV update (ref + policy fwd/bwd)", "sec_av_update"),
+        ("AR update + optimizer step", "sec_ar_update"),
+    ]
+    return [
+        "### One RL step (SmolLM2 L20, 4 activations x group 4, 96-token cap, LoRA, bf16 autocast; median of 3 steps)",
+        "",
+        "| phase | seconds | share |",
+        "|---|---|---|",
+        *[f"| {name} | {r[key]:.1f} | {r[key] / r['sec']:.0%} |" for name, key in parts],
+        f"| **total** | **{r['sec']:.1f}** | mean response length {r['length']:.0f} tokens; peak RSS "
+        f"{r['peak_rss_mb']:.0f} MB |",
+        "",
+    ]
+
+
 RESULTS: dict = {}
-SECTIONS = {"extract": extraction, "ar_train": ar_training, "av_generate": av_generation}
+SECTIONS = {
+    "extract": extraction,
+    "ar_train": ar_training,
+    "av_generate": av_generation,
+    "explain": explain_latency,
+    "rl": rl_step,
+}
 
 
 def main() -> None:

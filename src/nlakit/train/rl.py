@@ -196,6 +196,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                     seed=_step_seed(cfg.seed, step, rank),
                 )
                 generated = av.generate_ids(gold, sampling)
+                t_gen = time.perf_counter()
                 texts = av.tok.batch_decode(generated, skip_special_tokens=True)
                 ids, mask, labels = av.rollout_batch(generated)
                 valid = labels[:, len(av.prompt_ids) :] != -100
@@ -212,6 +213,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                     if ok.any():
                         sel = ok.nonzero()[:, 0]
                         mse[sel] = mse_nrm(ar.reconstruct([explanations[i] for i in sel]), gold[sel], ar.meta.mse_scale)
+                t_reward = time.perf_counter()
                 reward = -torch.log(mse.clamp_min(1e-8)) if cfg.reward == "log_mse" else -mse
                 fail_value = -math.log(2.0) if cfg.reward == "log_mse" else FAILED_REWARD
                 reward = torch.where(ok, reward - cfg.length_penalty * lengths, torch.full_like(reward, fail_value))
@@ -227,6 +229,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                         logp, logp.detach(), ref_logp, adv, valid, cfg.clip_eps, cfg.kl_coef, cfg.kl_type
                     )
                 av_loss.backward()
+                t_av = time.perf_counter()
                 # 4. AR update on the same fresh explanations (and their paraphrases)
                 ar_loss = torch.tensor(0.0)
                 if ok.any():
@@ -257,11 +260,17 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                         "ar_loss": float(ar_loss),
                     }
                 )
+                now = time.perf_counter()
                 row = {
                     "step": step + 1,
                     **stats,
                     "fve_nrm": float(fve_nrm(stats["mse_nrm"], rawvar)),
-                    "sec": time.perf_counter() - t0,
+                    "sec": now - t0,
+                    # where the step's time went (the optimizer step is counted with the AR update)
+                    "sec_generate": t_gen - t0,
+                    "sec_reward": t_reward - t_gen,
+                    "sec_av_update": t_av - t_reward,
+                    "sec_ar_update": now - t_av,
                 }
                 if val is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps) and rank == 0:
                     av.model.eval()
