@@ -78,3 +78,30 @@ def test_save_load_roundtrip_and_sidecar_checks(ar, tmp_path):
     (tmp_path / "ar" / "value_head.safetensors").unlink()
     with pytest.raises(NlakitError, match="value head"):
         AR.from_pretrained(tmp_path / "ar")
+
+
+def test_overlong_explanation_is_refused_not_truncated(ar):
+    with pytest.raises(NlakitError, match="shorten it"):
+        ar.encode(["word " * 2000])
+
+
+def test_reference_v1_sidecar_layer_is_k():
+    from nlakit.meta import model_meta_from_dict
+
+    raw = {"kind": "nla_model", "role": "critic", "d_model": 64, "ar": {"num_hidden_layers": 20},
+           "extraction": {"injection_scale": None, "mse_scale": "sqrt_d_model"}}
+    meta = model_meta_from_dict(raw)
+    assert meta.role == "ar" and meta.extraction_layer_index == 20 and meta.mse_scale == pytest.approx(8.0)
+
+
+def test_full_weight_ar_with_wrong_layer_count_is_refused(ar, tmp_path):
+    import yaml
+
+    ar.save_pretrained(tmp_path / "ar")
+    side = tmp_path / "ar" / "nla_meta.yaml"
+    data = yaml.safe_load(side.read_text())
+    data["extraction_layer_index"] = 1
+    data["critic"]["extraction_layer_index"] = 1
+    side.write_text(yaml.safe_dump(data))
+    with pytest.raises(NlakitError, match="config.json has 3 layers"):
+        AR.from_pretrained(tmp_path / "ar")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from nlakit.errors import NlakitError
 from nlakit.maths import mse_nrm
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
-from nlakit.models import load_backbone, load_tokenizer
+from nlakit.models import load_backbone, load_config, load_tokenizer
 
 VALUE_HEAD = "value_head.safetensors"
 
@@ -63,18 +63,20 @@ class AR(torch.nn.Module):
     def prompts(self, explanations: list[str]) -> list[str]:
         return [self.meta.ar_template.format(explanation=e) for e in explanations]
 
-    def encode(self, explanations: list[str], max_length: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids with special tokens added (BOS where the tokenizer uses one, as in extraction)."""
+    def encode(self, explanations: list[str], max_length: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids with special tokens added (BOS where the tokenizer uses one, as in extraction).
+
+        Never truncated: cutting the prompt would drop the template's closing tokens, and the value would be read
+        in the middle of the explanation."""
         if any(not e.strip() for e in explanations):
             raise NlakitError("an explanation is empty; the AR needs text to reconstruct from")
-        enc = self.tok(
-            self.prompts(explanations),
-            add_special_tokens=True,
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
+        enc = self.tok(self.prompts(explanations), add_special_tokens=True, padding=True, return_tensors="pt")
+        lengths = enc["attention_mask"].sum(1)
+        if int(lengths.max()) > max_length:
+            i = int(lengths.argmax())
+            raise NlakitError(
+                f"explanation {i} is {int(lengths[i])} tokens with the AR template (limit {max_length}); shorten it"
+            )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -130,7 +132,13 @@ class AR(torch.nn.Module):
             if not trainable:
                 backbone = backbone.merge_and_unload()
         else:
-            backbone = load_backbone(path, num_layers=n, device=device, dtype=dtype)
+            stored = load_config(path).num_hidden_layers
+            if stored != n:
+                raise NlakitError(
+                    f"{path}/config.json has {stored} layers but the sidecar's K={n - 1} needs K+1={n}; "
+                    "the checkpoint and its sidecar disagree"
+                )
+            backbone = load_backbone(path, device=device, dtype=dtype)
         _final_norm_to_identity(backbone.base_model.model if hasattr(backbone, "peft_config") else backbone)
         w = load_file(path / VALUE_HEAD)["weight"]
         head = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)

@@ -32,6 +32,21 @@ def extract_explanation(raw: str) -> tuple[str, bool]:
     return raw.split("<explanation>", 1)[-1].strip(), False
 
 
+TURN_CLOSE = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """Every token that ends the assistant turn: the tokenizer's EOS, the generation config's EOS ids (Gemma, Llama
+    list several), and known chat turn-close tokens present in the vocabulary."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in TURN_CLOSE if t in vocab)
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
+
+
 class AV:
     """An AV around a causal LM. `meta` is its model sidecar (role av): marker tokens, templates, injection scale."""
 
@@ -49,13 +64,7 @@ class AV:
         ):
             raise NlakitError(f"AV embeds d={width} but the sidecar says d_model={expected}; wrong base model?")
         self.prompt_ids = render_av_prompt(tokenizer, meta.av_template, meta.tokens.injection_char)
-        self.eos_ids = sorted(
-            {
-                i
-                for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-                if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id
-            }
-        )
+        self.eos_ids = stop_ids(model, tokenizer)
         self.generator: Generator = fast_generate
 
     @property
@@ -138,13 +147,13 @@ class AV:
         """Right-padded prompt+response ids, attention mask, and labels (-100 outside the response)."""
         return self._pack([self.response_ids(e) for e in explanations])
 
-    def rollout_batch(self, generated: torch.Tensor, pad_id: int | None = None) -> tuple[torch.Tensor, ...]:
-        """The same layout for generated ids [B, T]: each response runs up to and including its first EOS."""
-        pad = self.tok.pad_token_id if pad_id is None else pad_id
+    def rollout_batch(self, generated: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The same layout for generated ids [B, T]: each response runs up to and including its first stop token."""
         responses = []
         for row in generated.tolist():
             ends = [i for i, t in enumerate(row) if t in self.eos_ids]
-            responses.append(row[: ends[0] + 1] if ends else [t for t in row if t != pad] or row[:1])
+            # generators pad only after a stop token, so a row without one (truncated) is scored whole
+            responses.append(row[: ends[0] + 1] if ends else row)
         return self._pack(responses)
 
     def _pack(self, responses: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

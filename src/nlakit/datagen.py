@@ -20,6 +20,7 @@ import pyarrow as pa
 from nlakit import dataset as ds
 from nlakit.errors import NlakitError
 from nlakit.explainers.base import Explainer
+from nlakit.io import atomic_write_text
 from nlakit.meta import write_dataset_meta
 from nlakit.progress import progress_bar
 
@@ -85,6 +86,17 @@ def datagen(
     if max_rows:
         table = table.slice(0, max_rows)
     out.mkdir(parents=True, exist_ok=True)
+    # parts are only reusable by a run with the same source, slicing and explainer
+    manifest = {
+        "source": meta.dataset_id,
+        "source_rows": table.num_rows,
+        "chunk_rows": chunk_rows,
+        "explainer": explainer.settings(),
+    }
+    manifest_path = out / "datagen_manifest.json"
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
+        raise NlakitError(f"{out} was made with other settings (source, --max-rows or explainer); use a new --out")
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     cache = ExplanationCache(out / CACHE_NAME, explainer.settings())
     n_chunks = (table.num_rows + chunk_rows - 1) // chunk_rows
     todo = [c for c in range(n_chunks) if not (out / ds.part_name(c)).is_file()]

@@ -206,10 +206,10 @@ def model_meta_from_dict(raw: dict[str, Any]) -> ModelMeta:
     if role not in ("av", "ar"):
         raise NlakitError(f"sidecar role is {raw.get('role')!r}; expected av/ar (or actor/critic)")
     d_model = int(raw["d_model"])
-    critic = raw.get("critic") or {}
+    critic = raw.get("critic") or raw.get("ar") or {}
     layer = raw.get("extraction_layer_index", critic.get("extraction_layer_index"))
-    if layer is None and "num_hidden_layers" in critic:  # schema v1 stored K+1
-        layer = int(critic["num_hidden_layers"]) - 1
+    if layer is None:  # schema v1 named the same K `num_hidden_layers` (docs: `ar: {num_hidden_layers: 20}` at L20)
+        layer = critic.get("num_hidden_layers")
     ext = raw.get("extraction") or {}
     templates = _templates_in(raw.get("prompt_templates")) or {}
     templates.setdefault("av", AV_TEMPLATE)

@@ -57,6 +57,10 @@ class NLA:
         if av is None and ar is None:
             raise NlakitError("an NLA needs at least an AV or an AR")
         if av and ar:
+            # an unscrubbed reference AV sidecar records no layer: take it from the AR
+            for a, b in ((av, ar), (ar, av)):
+                if a.meta.extraction_layer_index < 0:
+                    a.meta.extraction_layer_index = b.meta.extraction_layer_index
             if av.meta.d_model != ar.meta.d_model or av.meta.extraction_layer_index != ar.meta.extraction_layer_index:
                 raise NlakitError(
                     f"AV (d={av.meta.d_model}, K={av.meta.extraction_layer_index}) and AR (d={ar.meta.d_model}, "
@@ -188,10 +192,20 @@ class NLA:
         return self.ar.reconstruct([texts] if isinstance(texts, str) else texts)
 
     def score(self, texts: list[str], vectors: torch.Tensor) -> dict[str, torch.Tensor]:
-        """mse_nrm and cosine of each text's reconstruction against its vector."""
-        pred = self.reconstruct(texts)
+        """mse_nrm and cosine of each text's reconstruction against its vector. An empty text (an AV that stopped at
+        once) scores as an orthogonal prediction: mse_nrm 2, cos 0."""
         gold = torch.as_tensor(vectors, dtype=torch.float32)
-        return {"mse_nrm": mse_nrm(pred, gold, self.ar.meta.mse_scale), "cos": cosine(pred, gold)}
+        return score_texts(self.ar, texts, gold)
+
+
+def score_texts(ar: AR, texts: list[str], gold: torch.Tensor) -> dict[str, torch.Tensor]:
+    mse, cos = torch.full((len(texts),), 2.0), torch.zeros(len(texts))
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    if keep:
+        pred = ar.reconstruct([texts[i] for i in keep])
+        mse[keep] = mse_nrm(pred, gold[keep], ar.meta.mse_scale)
+        cos[keep] = cosine(pred, gold[keep])
+    return {"mse_nrm": mse, "cos": cos}
 
 
 def write_pair_meta(path: str | Path) -> None:

@@ -130,7 +130,7 @@ class GroundedExplainer(Explainer):
         device: str = "cpu",
         dtype: str = "auto",
         batch_size: int = 16,
-        max_tokens: int = 256,
+        max_tokens: int | None = None,
     ):
         super().__init__()
         self.model_name, self.seed, self.top_k = model, seed, top_k
@@ -169,10 +169,9 @@ class GroundedExplainer(Explainer):
     @torch.inference_mode()
     def top_predictions(self, contexts: list[str], progress: Callable[[int], None] | None = None) -> list[list[int]]:
         """The target's top-k next-token ids after each context (its argmax first)."""
-        ids = [
-            self.tok(c, add_special_tokens=True, truncation=True, max_length=self.max_tokens)["input_ids"]
-            for c in contexts
-        ]
+        # contexts are the extraction's (already truncated) prefixes; truncating again would read the wrong position
+        trunc = {"truncation": True, "max_length": self.max_tokens} if self.max_tokens else {}
+        ids = [self.tok(c, add_special_tokens=True, **trunc)["input_ids"] for c in contexts]
         groups = self._groups(ids)
         groups.sort(key=lambda g: len(ids[g[0]]))
         out: list[list[int]] = [[] for _ in contexts]

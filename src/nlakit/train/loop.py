@@ -101,14 +101,14 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -
 
 
 class Metrics:
-    """Append-only JSONL log; on resume, rows past the checkpoint's step are dropped so the log stays exact."""
+    """Append-only JSONL log; on resume, rows after the checkpoint's step are dropped so the log stays exact."""
 
     def __init__(self, path: Path, resume_step: int = 0):
         self.path = path
         rows = []
         if path.is_file():
             rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-            rows = [r for r in rows if r.get("step", 0) < resume_step]
+            rows = [r for r in rows if r.get("step", 0) <= resume_step]
         self.rows = rows
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -139,3 +139,41 @@ class Metrics:
         fig.savefig(tmp, dpi=110)
         plt.close(fig)
         tmp.replace(png)
+
+
+# Settings that fix data order and the shape of the trained state: a resumed run must keep them.
+RESUME_KEYS = ("data", "seed", "batch_size", "grad_accum", "lora", "lora_r", "group_size", "prompts_per_step", "nla")
+
+
+def start_run(run_dir: Path, config: dict[str, Any], seed: int) -> None:
+    """Seed everything (before any model is built: LoRA init draws from the RNG) and record the config; on resume,
+    refuse settings that would silently change the data order or the trained state."""
+    from nlakit.errors import NlakitError
+    from nlakit.meta import read_yaml, write_yaml
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    if path.is_file() and latest_checkpoint(run_dir) is not None:
+        old = read_yaml(path)
+        changed = [k for k in RESUME_KEYS if k in config and old.get(k) != config[k]]
+        if changed:
+            raise NlakitError(
+                f"{run_dir} was started with other {', '.join(changed)}; resume with the same settings "
+                "or use a new out folder"
+            )
+    write_yaml(path, config)
+
+
+def autocast_context(name: str | None, device: str):
+    """bf16/fp16 autocast by name, or none; anything else is an error (fp16 with no grad scaler by accident is not)."""
+    from nlakit.errors import NlakitError
+
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name in (None, "", "none"):
+        return torch.autocast(device_type=torch.device(device).type, enabled=False)
+    if name not in table:
+        raise NlakitError(f"autocast {name!r} is not one of none, bfloat16, float16")
+    return torch.autocast(device_type=torch.device(device).type, dtype=table[name])

@@ -31,13 +31,20 @@ from nlakit.av import AV, extract_explanation
 from nlakit.errors import NlakitError
 from nlakit.generation import SamplingConfig
 from nlakit.maths import fve_nrm, mse_nrm, rawvar_baseline
-from nlakit.meta import write_yaml
-from nlakit.nla import resolve_nla_path, write_pair_meta
+from nlakit.nla import resolve_nla_path, score_texts, write_pair_meta
 from nlakit.paraphrase import paraphrase
 from nlakit.progress import progress_bar
 from nlakit.train import dist
 from nlakit.train.config import dump_config
-from nlakit.train.loop import Metrics, batch_indices, latest_checkpoint, load_checkpoint, save_checkpoint
+from nlakit.train.loop import (
+    Metrics,
+    autocast_context,
+    batch_indices,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    start_run,
+)
 from nlakit.train.sft import load_pairs
 
 FAILED_REWARD = -2.0
@@ -139,8 +146,11 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
     if cfg.group_size < 2:
         raise NlakitError("group_size must be at least 2 (GRPO compares samples within a group)")
     rank, world = dist.init(cfg.device)
+    if cfg.prompts_per_step < world:
+        raise NlakitError(f"prompts_per_step={cfg.prompts_per_step} is less than the {world} processes; raise it")
     src = resolve_nla_path(cfg.nla)
-    torch.manual_seed(cfg.seed)
+    run_dir = Path(cfg.out) / "train_rl"
+    start_run(run_dir, dump_config(cfg), cfg.seed + rank)
     av = AV.from_pretrained(src / "av", device=cfg.device, dtype=cfg.dtype, trainable=True)
     ar = AR.from_pretrained(src / "ar", device=cfg.device, dtype=cfg.dtype, trainable=True)
     ar.value_head.weight.requires_grad_(True)
@@ -158,21 +168,17 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
     data = load_pairs(cfg.data, "context")
     val = load_pairs(cfg.val_data, "context", cfg.eval_rows) if cfg.val_data else None
     rawvar = rawvar_baseline(data.vectors)
-    run_dir = Path(cfg.out) / "train_rl"
-    run_dir.mkdir(parents=True, exist_ok=True)
     start = 0
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         start = load_checkpoint(ckpt, both, opt, sched)["step"]
     metrics = Metrics(run_dir / "metrics.jsonl", resume_step=start) if rank == 0 else None
-    if rank == 0:
-        write_yaml(run_dir / "config.yaml", dump_config(cfg))
-    autocast = torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.autocast != "none")
+    autocast = autocast_context(cfg.autocast, cfg.device)
     max_ar_tokens = 300
 
     def evaluate() -> dict[str, float]:
         texts = av.verbalize(val.vectors, max_new_tokens=cfg.max_new_tokens)
-        mse = float(mse_nrm(ar.reconstruct(texts), val.vectors, ar.meta.mse_scale).mean())
+        mse = float(score_texts(ar, texts, val.vectors)["mse_nrm"].mean())
         return {"val_mse_nrm": mse, "val_fve_nrm": float(fve_nrm(mse, rawvar))}
 
     def checkpoint(step: int) -> None:
@@ -181,7 +187,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
             metrics.plot(run_dir / "curves.png", ["reward", "fve_nrm", "length", "kl", "failed", "val_fve_nrm"], "RL")
         dist.barrier()
 
-    step = start
+    done = start
     with progress_bar("rl", total=cfg.max_steps, completed=start) as bar:
         try:
             for step in range(start, cfg.max_steps):
@@ -248,6 +254,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                done = step + 1  # from here on this step's update is in the weights
 
                 stats = dist.mean_scalars(
                     {
@@ -284,7 +291,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                     checkpoint(step + 1)
                 bar.advance(1)
         except KeyboardInterrupt:
-            checkpoint(step)  # Ctrl-C keeps the finished steps; the run resumes from here
+            checkpoint(done)  # Ctrl-C keeps the finished steps; the run resumes from here
             raise
     if latest_checkpoint(run_dir) is None or not latest_checkpoint(run_dir).name.endswith(f"{cfg.max_steps:07d}"):
         checkpoint(cfg.max_steps)

@@ -13,11 +13,12 @@ import torch
 
 from nlakit import dataset as ds
 from nlakit.errors import NlakitError
-from nlakit.meta import DatasetMeta, write_yaml
+from nlakit.meta import DatasetMeta
 from nlakit.progress import progress_bar
-from nlakit.train.config import SFTConfig, dump_config
+from nlakit.train.config import SFTConfig
 from nlakit.train.loop import (
     Metrics,
+    autocast_context,
     batch_indices,
     latest_checkpoint,
     load_checkpoint,
@@ -47,9 +48,7 @@ def load_pairs(path: str, column: str, max_rows: int | None = None) -> Pairs:
 
 
 def autocast(cfg: SFTConfig):
-    enabled = cfg.autocast not in ("none", "", None)
-    dtype = torch.bfloat16 if cfg.autocast in ("bfloat16", "bf16") else torch.float16
-    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=dtype, enabled=enabled)
+    return autocast_context(cfg.autocast, cfg.device)
 
 
 def run_sft(
@@ -64,8 +63,6 @@ def run_sft(
     """Train `module` (its parameters with requires_grad) on `train`; returns the last evaluation."""
     run_dir = Path(cfg.out) / f"train_{role}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", dump_config(cfg))
-    torch.manual_seed(cfg.seed)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -76,6 +73,7 @@ def run_sft(
     if ckpt is not None:
         start = load_checkpoint(ckpt, module, opt, sched)["step"]
     metrics = Metrics(run_dir / "metrics.jsonl", resume_step=start)
+    done = start
     n = len(train.texts)
     last_eval: dict[str, float] = {}
 
@@ -99,6 +97,7 @@ def run_sft(
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                done = step + 1  # from here on this step's update is in the weights
                 row = {
                     "step": step + 1,
                     "loss": total,
@@ -118,7 +117,7 @@ def run_sft(
                     checkpoint(step + 1)
                 bar.advance(1)
         except KeyboardInterrupt:
-            checkpoint(step)  # Ctrl-C keeps the finished steps; the run resumes from here
+            checkpoint(done)  # Ctrl-C keeps the finished steps; the run resumes from here
             raise
     if latest_checkpoint(run_dir) is None or not latest_checkpoint(run_dir).name.endswith(f"{cfg.max_steps:07d}"):
         checkpoint(cfg.max_steps)

@@ -16,8 +16,8 @@ from nlakit.injection import find_marker
 from nlakit.maths import fve_nrm, meannorm_baseline, mse_nrm, rawvar_baseline
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta
 from nlakit.models import load_tokenizer
-from nlakit.train.config import SFTConfig
-from nlakit.train.loop import add_lora
+from nlakit.train.config import SFTConfig, dump_config
+from nlakit.train.loop import add_lora, start_run
 from nlakit.train.sft import load_pairs, run_sft
 
 
@@ -28,6 +28,7 @@ def evaluate_ar(ar: AR, vectors: torch.Tensor, texts: list[str], rawvar: float) 
 
 
 def train_ar(cfg: SFTConfig) -> dict[str, float]:
+    start_run(Path(cfg.out) / "train_ar", dump_config(cfg), cfg.seed)
     train = load_pairs(cfg.data, cfg.explanation_column)
     ext = train.meta.extraction
     base = cfg.base or ext.base_model

@@ -16,12 +16,13 @@ from nlakit.errors import NlakitError
 from nlakit.injection import find_marker
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta
 from nlakit.models import load_causal_lm, load_tokenizer
-from nlakit.train.config import SFTConfig
-from nlakit.train.loop import add_lora
+from nlakit.train.config import SFTConfig, dump_config
+from nlakit.train.loop import add_lora, start_run
 from nlakit.train.sft import load_pairs, run_sft, shuffled
 
 
 def train_av(cfg: SFTConfig) -> dict[str, float]:
+    start_run(Path(cfg.out) / "train_av", dump_config(cfg), cfg.seed)
     train = load_pairs(cfg.data, cfg.explanation_column)
     ext = train.meta.extraction
     base = cfg.base or ext.base_model
