@@ -117,3 +117,11 @@ def test_unknown_provider():
 
     with pytest.raises(NlakitError, match="unknown explainer"):
         make_explainer("nope")
+
+
+def test_datagen_refuses_to_mix_settings(acts, grounded, tmp_path):
+    from nlakit.errors import NlakitError
+
+    datagen(acts, tmp_path / "ex", grounded, chunk_rows=8, max_rows=10)
+    with pytest.raises(NlakitError, match="other settings"):
+        datagen(acts, tmp_path / "ex", grounded, chunk_rows=8)

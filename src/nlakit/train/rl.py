@@ -263,7 +263,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                         "length": float(lengths.float().mean()),
                         "kl": float(kl.detach()),
                         "failed": float((~ok).float().mean()),
-                        "entropy": float((entropy.sum(1) / valid.sum(1).clamp_min(1)).mean()),
+                        "entropy": float((entropy.detach().sum(1) / valid.sum(1).clamp_min(1)).mean()),
                         "ar_loss": float(ar_loss),
                     }
                 )
