@@ -79,3 +79,16 @@ def nlakit_extract(model: str, layer: int, n_docs: int, dtype: str, batch_size: 
         "seconds_with_load": total,
         "tok_s_with_load": n_tokens / total,
     }
+
+
+def grounded_datagen(src: str, rows: int = 512) -> dict:
+    """rows/s of `nla datagen --provider grounded` on SmolLM2 layer-20 rows (one full-model forward per document
+    group, LM head only where read)."""
+    from nlakit.datagen import datagen
+    from nlakit.explainers import GroundedExplainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = GroundedExplainer("smollm2-135m")
+        _ = exp.model  # load outside the timed region
+        res = datagen(src, Path(tmp) / "ex", exp, max_rows=rows)
+    return {"rows_s": res.rows_per_s, "rows": res.explained_now, "seconds": res.seconds}

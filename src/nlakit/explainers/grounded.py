@@ -31,8 +31,11 @@ STOPWORDS = frozenset(
     known called became become including used use well while within although however since until among""".split()
 )
 DETERMINERS = frozenset("a an the this that these those his her its their our my your some any each every no".split())
-PREPOSITIONS = frozenset("of to in on at by for with from into over under about between during through against".split())
+PREPOSITIONS = frozenset(
+    "of to in on at by for with from into over under about between during through against as than like via".split()
+)
 CONJUNCTIONS = frozenset("and or but nor yet so while although because since unless whereas".split())
+RELATIVES = frozenset("that which who whom whose where when".split())
 AUXILIARIES = frozenset("is are was were be been being has have had do does did will would can could may might".split())
 PRONOUNS = frozenset("he she it they we you i him her them us".split())
 
@@ -71,7 +74,7 @@ def register_of(text: str) -> str:
 
 def keywords(text: str, k: int = 3) -> list[str]:
     """Most frequent content words, earlier first among ties; capitalised names kept as written."""
-    words = re.findall(r"[A-Za-z][A-Za-z\-']{2,}", text)
+    words = re.findall(r"[^\W\d_][\w\-']{2,}", text)
     counts = Counter(w.lower() for w in words if w.lower() not in STOPWORDS)
     first: dict[str, str] = {}
     for w in words:
@@ -103,6 +106,8 @@ def token_role(token: str, previous: str) -> str:
         return "a preposition that needs its object"
     if low in CONJUNCTIONS:
         return "a conjunction joining two parts"
+    if low in RELATIVES:
+        return "a relative word opening a clause"
     if low in AUXILIARIES:
         return "an auxiliary or linking verb awaiting its complement"
     if low in PRONOUNS:
