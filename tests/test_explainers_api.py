@@ -107,6 +107,7 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         response = api.next_response(seen)
+        counted = True
         try:
             time.sleep(response.delay)
             payload = response.body
@@ -118,11 +119,16 @@ class Handler(BaseHTTPRequestHandler):
             for name, value in response.headers.items():
                 self.send_header(name, value)
             self.end_headers()
+            # leave the in-flight count before the body goes out: once the client has it, it may send its next
+            # request before this thread runs again, which would otherwise count one request twice
+            api.done()
+            counted = False
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and hung up
             pass
         finally:
-            api.done()
+            if counted:
+                api.done()
 
     def log_message(self, *args) -> None:
         pass
