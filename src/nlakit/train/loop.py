@@ -84,6 +84,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def has_checkpoint(run_dir: Path, step: int) -> bool:
+    return (run_dir / "checkpoints" / f"{CKPT_PREFIX}{step:07d}").is_dir()
+
+
 def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
     """Restore trainable weights, optimizer, scheduler and RNG; returns trainer_state (with `step`)."""
     weights = load_file(path / "trainable.safetensors")

@@ -40,6 +40,7 @@ from nlakit.train.loop import (
     Metrics,
     autocast_context,
     batch_indices,
+    has_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -293,7 +294,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
         except KeyboardInterrupt:
             checkpoint(done)  # Ctrl-C keeps the finished steps; the run resumes from here
             raise
-    if latest_checkpoint(run_dir) is None or not latest_checkpoint(run_dir).name.endswith(f"{cfg.max_steps:07d}"):
+    if not has_checkpoint(run_dir, cfg.max_steps):
         checkpoint(cfg.max_steps)
     if rank == 0:
         if hasattr(av.model, "peft_config"):

@@ -3,6 +3,7 @@ checkpoint every N steps and resume exactly (weights, optimizer, schedule, RNG; 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,13 +14,14 @@ import torch
 
 from nlakit import dataset as ds
 from nlakit.errors import NlakitError
-from nlakit.meta import DatasetMeta
+from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, DatasetMeta, ModelMeta
 from nlakit.progress import progress_bar
 from nlakit.train.config import SFTConfig
 from nlakit.train.loop import (
     Metrics,
     autocast_context,
     batch_indices,
+    has_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     lr_factor,
@@ -45,6 +47,42 @@ def load_pairs(path: str, column: str, max_rows: int | None = None) -> Pairs:
         raise NlakitError(f"{path} has no non-empty {column!r} rows")
     keep = keep[:max_rows] if max_rows else keep
     return Pairs(vectors[keep], [texts[i] for i in keep], meta)
+
+
+def sft_model_meta(
+    role: str,
+    cfg: SFTConfig,
+    train: Pairs,
+    tokens,
+    *,
+    injection_scale: float | None,
+    loss_type: str,
+    av_template: str = AV_TEMPLATE,
+    **training,
+) -> ModelMeta:
+    """The model sidecar an SFT recipe writes: what the vectors are, the marker, templates and training summary."""
+    ext = train.meta.extraction
+    return ModelMeta(
+        role=role,
+        d_model=ext.d_model,
+        extraction_layer_index=ext.layer_index,
+        injection_scale=injection_scale,
+        mse_scale=math.sqrt(ext.d_model),
+        tokens=tokens,
+        prompt_templates={"av": av_template, "ar": AR_TEMPLATE},
+        stage="sl",
+        base_checkpoint=cfg.base or ext.base_model,
+        target=ext.base_model,
+        trained_on=train.meta.dataset_id,
+        training={
+            "lr": cfg.lr,
+            "loss_type": loss_type,
+            "global_batch_size": cfg.batch_size * cfg.grad_accum,
+            "lora": cfg.lora,
+            "max_steps": cfg.max_steps,
+            **training,
+        },
+    )
 
 
 def autocast(cfg: SFTConfig):
@@ -119,7 +157,7 @@ def run_sft(
         except KeyboardInterrupt:
             checkpoint(done)  # Ctrl-C keeps the finished steps; the run resumes from here
             raise
-    if latest_checkpoint(run_dir) is None or not latest_checkpoint(run_dir).name.endswith(f"{cfg.max_steps:07d}"):
+    if not has_checkpoint(run_dir, cfg.max_steps):
         checkpoint(cfg.max_steps)
     return last_eval
 

@@ -6,7 +6,6 @@ curves.png, checkpoints)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -14,11 +13,11 @@ import torch
 from nlakit.ar import AR
 from nlakit.injection import find_marker
 from nlakit.maths import fve_nrm, meannorm_baseline, mse_nrm, rawvar_baseline
-from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta
+from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
 from nlakit.models import load_tokenizer
 from nlakit.train.config import SFTConfig, dump_config
 from nlakit.train.loop import add_lora, start_run
-from nlakit.train.sft import load_pairs, run_sft
+from nlakit.train.sft import load_pairs, run_sft, sft_model_meta
 
 
 def evaluate_ar(ar: AR, vectors: torch.Tensor, texts: list[str], rawvar: float) -> dict[str, float]:
@@ -33,27 +32,16 @@ def train_ar(cfg: SFTConfig) -> dict[str, float]:
     ext = train.meta.extraction
     base = cfg.base or ext.base_model
     tok = load_tokenizer(base)
-    meta = ModelMeta(
-        role="ar",
-        d_model=ext.d_model,
-        extraction_layer_index=ext.layer_index,
+    # the FVE denominators of the training distribution go in the sidecar, so inference can report fve_nrm
+    meta = sft_model_meta(
+        "ar",
+        cfg,
+        train,
+        find_marker(tok, AV_TEMPLATE, AR_TEMPLATE),
         injection_scale=None,
-        mse_scale=math.sqrt(ext.d_model),
-        tokens=find_marker(tok, AV_TEMPLATE, AR_TEMPLATE),
-        stage="sl",
-        base_checkpoint=base,
-        target=ext.base_model,
-        trained_on=train.meta.dataset_id,
-        training={
-            "lr": cfg.lr,
-            "loss_type": "mse_nrm",
-            # the FVE denominators of the training distribution, so inference can report fve_nrm
-            "rawvar_baseline": rawvar_baseline(train.vectors),
-            "meannorm_baseline": meannorm_baseline(train.vectors),
-            "global_batch_size": cfg.batch_size * cfg.grad_accum,
-            "lora": cfg.lora,
-            "max_steps": cfg.max_steps,
-        },
+        loss_type="mse_nrm",
+        rawvar_baseline=rawvar_baseline(train.vectors),
+        meannorm_baseline=meannorm_baseline(train.vectors),
     )
     ar = AR.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
     if cfg.lora:

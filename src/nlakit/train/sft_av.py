@@ -6,7 +6,6 @@ Output: `out/av/` and `out/train_av/`."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,11 @@ import numpy as np
 from nlakit.av import AV, default_injection_scale
 from nlakit.errors import NlakitError
 from nlakit.injection import find_marker
-from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta
+from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
 from nlakit.models import load_causal_lm, load_tokenizer
 from nlakit.train.config import SFTConfig, dump_config
 from nlakit.train.loop import add_lora, start_run
-from nlakit.train.sft import load_pairs, run_sft, shuffled
+from nlakit.train.sft import load_pairs, run_sft, sft_model_meta, shuffled
 
 
 def train_av(cfg: SFTConfig) -> dict[str, float]:
@@ -31,25 +30,14 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
     if av_template.count("{injection_char}") != 1:
         raise NlakitError("av_template must contain {injection_char} exactly once (where the vector goes)")
     mean_norm = ext.mean_norm or float(np.linalg.norm(train.vectors.numpy(), axis=1).mean())
-    meta = ModelMeta(
-        role="av",
-        d_model=ext.d_model,
-        extraction_layer_index=ext.layer_index,
+    meta = sft_model_meta(
+        "av",
+        cfg,
+        train,
+        find_marker(tok, av_template, AR_TEMPLATE),
+        av_template=av_template,
         injection_scale=cfg.injection_scale or default_injection_scale(mean_norm),
-        mse_scale=math.sqrt(ext.d_model),
-        tokens=find_marker(tok, av_template, AR_TEMPLATE),
-        prompt_templates={"av": av_template, "ar": AR_TEMPLATE},
-        stage="sl",
-        base_checkpoint=base,
-        target=ext.base_model,
-        trained_on=train.meta.dataset_id,
-        training={
-            "lr": cfg.lr,
-            "loss_type": "sft_nll",
-            "global_batch_size": cfg.batch_size * cfg.grad_accum,
-            "lora": cfg.lora,
-            "max_steps": cfg.max_steps,
-        },
+        loss_type="sft_nll",
     )
     model = load_causal_lm(base, device=cfg.device, dtype=cfg.dtype)
     if cfg.lora:
