@@ -86,6 +86,7 @@ def datagen(
     if max_rows:
         table = table.slice(0, max_rows)
     out.mkdir(parents=True, exist_ok=True)
+    ds.remove_stale_temps(out)
     # parts are only reusable by a run with the same source, slicing and explainer
     manifest = {
         "source": meta.dataset_id,

@@ -50,6 +50,12 @@ def write_parquet(path: str | Path, table: pa.Table) -> Path:
     return atomic_write(path, _write)
 
 
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete half-written part files a killed run left behind (`.part-*.tmp`); their chunks are redone."""
+    for tmp in Path(folder).glob(".part-*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _read_one(path: Path, columns: list[str] | None) -> pa.Table:
     try:
         schema_names = pq.read_schema(path).names

@@ -147,6 +147,7 @@ def _prepare_outputs(cfg: ExtractConfig, d_model: int) -> dict[int, DatasetMeta]
         )
         write_dataset_meta(out, meta)  # written first: a resumed run checks its settings against it
         metas[layer] = meta
+        ds.remove_stale_temps(out)
     return metas
 
 
