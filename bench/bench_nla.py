@@ -79,22 +79,9 @@ def av_generate(mode: str, batch: int = 32, new_tokens: int = 64) -> dict:
     injected, sampled); mode=baseline: plain HF `generate` from `input_ids` of the same prompt and batch size."""
     from nlakit.av import AV
     from nlakit.generation import SamplingConfig
-    from nlakit.injection import find_marker
-    from nlakit.meta import AV_TEMPLATE, ModelMeta
-    from nlakit.models import load_causal_lm, load_tokenizer
 
-    tok = load_tokenizer("smollm2-135m")
-    model = load_causal_lm("smollm2-135m", dtype="bfloat16")
-    meta = ModelMeta(
-        role="av",
-        d_model=576,
-        extraction_layer_index=20,
-        injection_scale=250.0,
-        mse_scale=24.0,
-        tokens=find_marker(tok, AV_TEMPLATE),
-        base_checkpoint="smollm2-135m",
-    )
-    av = AV(model, tok, meta)
+    av = AV.from_base("smollm2-135m", layer=20, injection_scale=250.0, dtype="bfloat16")
+    model, tok = av.model, av.tok
     vectors = torch.randn(batch, 576)
     cfg = SamplingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, temperature=1.0, seed=0)
     ids = torch.tensor([av.prompt_ids] * batch)
@@ -126,40 +113,22 @@ def av_generate(mode: str, batch: int = 32, new_tokens: int = 64) -> dict:
 
 def make_base_nla(path: str, layer: int = 20) -> str:
     """An NLA for SmolLM2 straight from the base weights (fresh LoRA adapters, identity value head): for timing."""
+    from dataclasses import replace
     from pathlib import Path
 
     from nlakit.ar import AR
     from nlakit.av import AV
-    from nlakit.injection import find_marker
-    from nlakit.meta import AV_TEMPLATE, ModelMeta
-    from nlakit.models import load_causal_lm, load_tokenizer
     from nlakit.nla import write_pair_meta
     from nlakit.train.loop import add_lora
 
     root = Path(path)
     if (root / "nla_meta.yaml").is_file():
         return path
-    tok = load_tokenizer("smollm2-135m")
-    tokens = find_marker(tok, AV_TEMPLATE)
-    common = dict(
-        d_model=576,
-        extraction_layer_index=layer,
-        mse_scale=24.0,
-        tokens=tokens,
-        base_checkpoint="smollm2-135m",
-        target="smollm2-135m",
-    )
-    av = AV(
-        add_lora(load_causal_lm("smollm2-135m", dtype="float32"), 16, 32, task_type="CAUSAL_LM"),
-        tok,
-        ModelMeta(role="av", injection_scale=250.0, **common),
-    )
+    av = AV.from_base("smollm2-135m", layer=layer, injection_scale=250.0, dtype="float32")
+    av.model = add_lora(av.model, 16, 32, task_type="CAUSAL_LM")
     av.save_pretrained(root / "av")
-    ar = AR.from_base(
-        "smollm2-135m",
-        ModelMeta(role="ar", injection_scale=None, training={"rawvar_baseline": 0.457}, **common),
-        dtype="float32",
-    )
+    ar_meta = replace(av.meta, role="ar", injection_scale=None, training={"rawvar_baseline": 0.457})
+    ar = AR.from_base("smollm2-135m", ar_meta, dtype="float32")
     ar.backbone = add_lora(ar.backbone, 16, 32)
     ar.save_pretrained(root / "ar")
     write_pair_meta(root)

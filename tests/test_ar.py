@@ -88,8 +88,13 @@ def test_overlong_explanation_is_refused_not_truncated(ar):
 def test_reference_v1_sidecar_layer_is_k():
     from nlakit.meta import model_meta_from_dict
 
-    raw = {"kind": "nla_model", "role": "critic", "d_model": 64, "ar": {"num_hidden_layers": 20},
-           "extraction": {"injection_scale": None, "mse_scale": "sqrt_d_model"}}
+    raw = {
+        "kind": "nla_model",
+        "role": "critic",
+        "d_model": 64,
+        "ar": {"num_hidden_layers": 20},
+        "extraction": {"injection_scale": None, "mse_scale": "sqrt_d_model"},
+    }
     meta = model_meta_from_dict(raw)
     assert meta.role == "ar" and meta.extraction_layer_index == 20 and meta.mse_scale == pytest.approx(8.0)
 

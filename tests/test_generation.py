@@ -5,24 +5,11 @@ import torch
 
 from nlakit.av import AV
 from nlakit.generation import SamplingConfig, fast_generate, hf_generate, sample_next
-from nlakit.injection import find_marker
-from nlakit.meta import AV_TEMPLATE, ModelMeta
-from nlakit.models import load_causal_lm, load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def av() -> AV:
-    tok = load_tokenizer("tiny")
-    meta = ModelMeta(
-        role="av",
-        d_model=64,
-        extraction_layer_index=2,
-        injection_scale=1.0,
-        mse_scale=8.0,
-        tokens=find_marker(tok, AV_TEMPLATE),
-        base_checkpoint="tiny",
-    )
-    return AV(load_causal_lm("tiny", dtype="float32"), tok, meta)
+    return AV.from_base("tiny", layer=2, injection_scale=1.0, dtype="float32")
 
 
 def _run(av: AV, generator, vectors, cfg):

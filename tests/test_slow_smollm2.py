@@ -30,20 +30,8 @@ def test_fast_generation_matches_hf_on_smollm2():
     """Greedy decoding through the shared-prefix fast path equals plain HF generate token for token (fp32)."""
     from nlakit.av import AV
     from nlakit.generation import SamplingConfig, fast_generate, hf_generate
-    from nlakit.injection import find_marker
-    from nlakit.meta import AV_TEMPLATE, ModelMeta
 
-    tok = load_tokenizer("smollm2-135m")
-    meta = ModelMeta(
-        role="av",
-        d_model=576,
-        extraction_layer_index=20,
-        injection_scale=250.0,
-        mse_scale=24.0,
-        tokens=find_marker(tok, AV_TEMPLATE),
-        base_checkpoint="smollm2-135m",
-    )
-    av = AV(load_causal_lm("smollm2-135m", dtype="float32"), tok, meta)
+    av = AV.from_base("smollm2-135m", layer=20, injection_scale=250.0, dtype="float32")
     vectors = torch.randn(4, 576, generator=torch.Generator().manual_seed(0)) * 200
     cfg = SamplingConfig(max_new_tokens=24)
     av.generator = fast_generate

@@ -3,6 +3,7 @@ explanation inside <explanation> tags. One batched generation verbalises many ve
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from nlakit.errors import NlakitError
 from nlakit.generation import Generator, SamplingConfig, fast_generate
-from nlakit.injection import check_tokens, check_vectors, inject, marker_positions, render_av_prompt
-from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
+from nlakit.injection import check_tokens, check_vectors, find_marker, inject, marker_positions, render_av_prompt
+from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta, read_model_meta, write_model_meta
 from nlakit.models import load_causal_lm, load_tokenizer
 
 EXPLANATION_RE = re.compile(r"<explanation>(.*?)</explanation>", re.DOTALL)
@@ -66,6 +67,34 @@ class AV:
         self.prompt_ids = render_av_prompt(tokenizer, meta.av_template, meta.tokens.injection_char)
         self.eos_ids = stop_ids(model, tokenizer)
         self.generator: Generator = fast_generate
+
+    @classmethod
+    def from_base(
+        cls,
+        base: str,
+        *,
+        layer: int,
+        injection_scale: float,
+        av_template: str = AV_TEMPLATE,
+        device: str = "cpu",
+        dtype="auto",
+    ) -> AV:
+        """A fresh AV on a base model: marker found for its tokenizer, sidecar filled from its config."""
+        tok = load_tokenizer(base)
+        model = load_causal_lm(base, device=device, dtype=dtype)
+        d = int(model.config.hidden_size)
+        meta = ModelMeta(
+            role="av",
+            d_model=d,
+            extraction_layer_index=layer,
+            injection_scale=injection_scale,
+            mse_scale=math.sqrt(d),
+            tokens=find_marker(tok, av_template),
+            prompt_templates={"av": av_template, "ar": AR_TEMPLATE},
+            base_checkpoint=base,
+            target=base,
+        )
+        return cls(model, tok, meta)
 
     @property
     def device(self) -> torch.device:
