@@ -67,7 +67,7 @@ class NLA:
                     f"K={ar.meta.extraction_layer_index}) were trained for different activations"
                 )
         self.av, self.ar = av, ar
-        self._target = None
+        self._target = self._target_lm = self._target_tok = None
         self.dtype = "auto"
         meta = (av or ar).meta
         self.target, self.layer, self.d_model = (
@@ -107,12 +107,27 @@ class NLA:
     def target_backbone(self):
         """The target truncated to blocks 0..K (loaded once), for reading activations."""
         if self._target is None:
-            from nlakit.models import load_backbone, load_tokenizer
+            from nlakit.models import load_backbone
 
             device = (self.av or self.ar).device
             self._target = load_backbone(self.target, num_layers=self.layer + 1, device=str(device), dtype=self.dtype)
-            self._target_tok = load_tokenizer(self.target)
         return self._target
+
+    def target_lm(self):
+        """The whole target with its LM head (loaded once), for next-token distributions, patching and steering."""
+        if self._target_lm is None:
+            from nlakit.models import load_causal_lm
+
+            device = (self.av or self.ar).device
+            self._target_lm = load_causal_lm(self.target, device=str(device), dtype=self.dtype)
+        return self._target_lm
+
+    def target_tokenizer(self):
+        if self._target_tok is None:
+            from nlakit.models import load_tokenizer
+
+            self._target_tok = load_tokenizer(self.target)
+        return self._target_tok
 
     @torch.no_grad()
     def activations(self, text: str) -> tuple[list[int], torch.Tensor]:
@@ -120,7 +135,7 @@ class NLA:
         if not text.strip():
             raise NlakitError("the text is empty; give at least one word to explain")
         model = self.target_backbone()
-        ids = self._target_tok(text, add_special_tokens=True, truncation=True, max_length=1024)["input_ids"]
+        ids = self.target_tokenizer()(text, add_special_tokens=True, truncation=True, max_length=1024)["input_ids"]
         cap = LayerCapture(model, [self.layer])
         try:
             model(input_ids=torch.tensor([ids], device=next(model.parameters()).device), use_cache=False)
@@ -163,7 +178,7 @@ class NLA:
             out.append(
                 TokenExplanation(
                     position=p,
-                    token=self._target_tok.decode([ids[p]]),
+                    token=self.target_tokenizer().decode([ids[p]]),
                     explanation=texts[i],
                     cos=float(scores["cos"][i]),
                     mse_nrm=mse,

@@ -188,6 +188,10 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
             metrics.plot(run_dir / "curves.png", ["reward", "fve_nrm", "length", "kl", "failed", "val_fve_nrm"], "RL")
         dist.barrier()
 
+    if start == 0 and val is not None and rank == 0:  # the SFT starting point, for the curve to be read against
+        av.model.eval()
+        with autocast:
+            metrics.log({"step": 0, **evaluate()})
     done = start
     with progress_bar("rl", total=cfg.max_steps, completed=start) as bar:
         try:
@@ -212,7 +216,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                 parsed = [extract_explanation(t) for t in texts]
                 ok = torch.tensor([complete and bool(e) for e, complete in parsed]) & hit_eos
                 explanations = [e for e, _ in parsed]
-                ar_ids_len = [len(av.tok(ar.meta.ar_template.format(explanation=e))["input_ids"]) for e in explanations]
+                ar_ids_len = [len(ar.tok(ar.meta.ar_template.format(explanation=e))["input_ids"]) for e in explanations]
                 ok &= torch.tensor([n <= max_ar_tokens for n in ar_ids_len])
                 # 2. rewards from the live AR
                 mse = torch.full((len(texts),), 2.0)

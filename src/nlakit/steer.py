@@ -1,0 +1,145 @@
+"""Causal use of reconstructions: write a vector into the target's residual stream at layer K and see what changes.
+
+Two uses, one mechanism (`ResidualPatch`):
+- round-trip patching: replace h at a position by AR(AV(h)) and compare the next-token distribution (eval);
+- text-edit steering: add alpha * (AR(edited) - AR(original)) at a position and continue generating (eval, web, CLI).
+
+The AR predicts a direction; its raw norm is not trained (the loss compares normalised vectors), so every
+reconstruction is rescaled to the norm of the activation it stands in for (`match_norm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nlakit.errors import NlakitError
+from nlakit.models import decoder_layers
+
+
+@dataclass
+class Edit:
+    """Change row `row` of the batch at token `position`: `replace` sets the residual there, `add` adds to it."""
+
+    row: int
+    position: int
+    vector: torch.Tensor
+    mode: str = "replace"
+
+
+class ResidualPatch:
+    """A forward hook on block K that applies `edits` to its output on the first forward only (the prompt pass).
+
+    During cached generation the later calls see one new token at a time; the edit already lives in the KV cache,
+    so the hook leaves them alone."""
+
+    def __init__(self, model, layer: int, edits: list[Edit]):
+        for e in edits:
+            if e.mode not in ("replace", "add"):
+                raise NlakitError(f"edit mode must be 'replace' or 'add', not {e.mode!r}")
+        self.edits, self._used = edits, False
+        self._handle = decoder_layers(model)[layer].register_forward_hook(self._hook)
+
+    def _hook(self, _module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        if self._used or not self.edits:
+            return None
+        self._used = True
+        if hidden.shape[1] <= max(e.position for e in self.edits):
+            raise NlakitError(f"edit position {max(e.position for e in self.edits)} is past the input's end")
+        hidden = hidden.clone()
+        for e in self.edits:
+            v = e.vector.to(hidden.device, hidden.dtype)
+            if e.mode == "replace":
+                hidden[e.row, e.position] = v
+            else:
+                hidden[e.row, e.position] += v
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    def __enter__(self) -> ResidualPatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def match_norm(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Rescale each row of `vectors` to the L2 norm of the matching row of `like`."""
+    v, ref = vectors.float(), like.float()
+    return v * (ref.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(1e-30))
+
+
+@torch.no_grad()
+def next_token_logprobs(model, ids: list[int], positions: list[int], layer: int, vectors=None, mode="replace"):
+    """Log-probs of the token after each position [n, V]: row i runs `ids[: positions[i] + 1]` with `vectors[i]`
+    written at layer `layer`, position `positions[i]` (no edit when `vectors` is None).
+
+    Rows are right-padded copies of the text, so one batched forward serves all positions."""
+    if not positions:
+        return torch.empty(0, 0)
+    n, length = len(positions), max(positions) + 1
+    dev = next(model.parameters()).device
+    input_ids = torch.tensor([ids[:length]] * n, device=dev)
+    mask = torch.zeros(n, length, dtype=torch.long, device=dev)
+    for i, p in enumerate(positions):
+        mask[i, : p + 1] = 1
+    edits = [] if vectors is None else [Edit(i, p, vectors[i], mode) for i, p in enumerate(positions)]
+    with ResidualPatch(model, layer, edits):
+        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+    rows = torch.arange(n, device=dev)
+    return torch.log_softmax(logits[rows, torch.tensor(positions, device=dev)].float(), -1).cpu()
+
+
+def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row, from log-probs (nats)."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+@dataclass
+class SteerResult:
+    original: str  # the target's greedy continuation of the prompt, untouched
+    steered: str  # the same with the steering vector added at `position`
+    delta_norm: float
+    position: int
+
+
+@torch.no_grad()
+def steer(
+    nla,
+    prompt: str,
+    original: str,
+    edited: str,
+    *,
+    position: int = -1,
+    alpha: float = 1.0,
+    max_new_tokens: int = 30,
+) -> SteerResult:
+    """Steer the target by an explanation edit: delta = AR(edited) - AR(original), both at the norm of the real
+    activation, added with scale `alpha` at token `position` of `prompt` (negative counts from the end)."""
+    if nla.ar is None:
+        raise NlakitError("steering needs an AR; load one with ar=PATH")
+    if not original.strip() or not edited.strip():
+        raise NlakitError("both the original and the edited explanation must be non-empty")
+    ids, acts = nla.activations(prompt)
+    pos = position + len(ids) if position < 0 else position
+    if not 0 <= pos < len(ids):
+        raise NlakitError(f"position {position} is outside the prompt's {len(ids)} tokens")
+    h = acts[pos : pos + 1]
+    rec = match_norm(nla.reconstruct([original, edited]), h.expand(2, -1))
+    delta = alpha * (rec[1] - rec[0])
+    model, tok = nla.target_lm(), nla.target_tokenizer()
+    dev = next(model.parameters()).device
+    inp = torch.tensor([ids], device=dev)
+    outs = []
+    for edits in ([], [Edit(0, pos, delta, "add")]):
+        with ResidualPatch(model, nla.layer, edits):
+            gen = model.generate(
+                input_ids=inp,
+                attention_mask=torch.ones_like(inp),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            )
+        outs.append(tok.decode(gen[0, len(ids) :], skip_special_tokens=True))
+    return SteerResult(outs[0], outs[1], float(delta.norm()), pos)
