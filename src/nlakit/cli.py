@@ -239,6 +239,25 @@ def reconstruct(
 
 
 @app.command()
+def serve(
+    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
+    host: Annotated[str, typer.Option(help="Address to bind; the default keeps the viewer on this machine.")] = (
+        "127.0.0.1"
+    ),
+    port: int = 8000,
+    dtype: str = "auto",
+    device: str = "cpu",
+) -> None:
+    """Local web viewer: per-token explanations coloured by fidelity, next-token predictions, steering by edits."""
+    from nlakit.serve import allowed_hosts_for
+    from nlakit.serve import serve as run
+
+    if allowed_hosts_for(host) is None:
+        console.print(f"[yellow]warning:[/] binding {host} lets other machines use this model; there is no login")
+    run(nla, host=host, port=port, dtype=dtype, device=device)
+
+
+@app.command()
 def demo(
     model: str = "smollm2-135m",
     layer: int = 20,
