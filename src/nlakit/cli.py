@@ -162,6 +162,23 @@ def train_rl_cmd(
 _NLA_OPT = typer.Option("--nla", help="NLA folder (av/ + ar/) or a shipped name.")
 
 
+def _positions(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise NlakitError(f"--positions {text!r} must be comma-separated integers") from None
+
+
+def _print_explanations(model, rows) -> None:
+    table = Table(title=f"{model.target}, layer {model.layer}", show_lines=True)
+    for col in ("pos", "token", "explanation", "cos", "fve"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        fve = "" if r.fve_nrm is None else f"{r.fve_nrm:.2f}"
+        table.add_row(str(r.position), repr(r.token), r.explanation, f"{r.cos:.2f}", fve)
+    console.print(table)
+
+
 @app.command()
 def explain(
     text: Annotated[str, typer.Argument(help="The text to explain, token by token.")],
@@ -178,21 +195,9 @@ def explain(
     from nlakit.io import atomic_write_text
     from nlakit.nla import NLA
 
-    chosen = None
-    if positions:
-        try:
-            chosen = [int(p) for p in positions.split(",") if p.strip()]
-        except ValueError:
-            raise NlakitError(f"--positions {positions!r} must be comma-separated integers") from None
     model = NLA.from_pretrained(nla, device=device, dtype=dtype)
-    rows = model.explain(text, chosen, max_new_tokens=max_new_tokens)
-    table = Table(title=f"{model.target}, layer {model.layer}", show_lines=True)
-    for col in ("pos", "token", "explanation", "cos", "fve"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        fve = "" if r.fve_nrm is None else f"{r.fve_nrm:.2f}"
-        table.add_row(str(r.position), repr(r.token), r.explanation, f"{r.cos:.2f}", fve)
-    console.print(table)
+    rows = model.explain(text, _positions(positions) if positions else None, max_new_tokens=max_new_tokens)
+    _print_explanations(model, rows)
     if json_out:
         payload = {"text": text, "target": model.target, "layer": model.layer, "tokens": [r.to_dict() for r in rows]}
         atomic_write_text(json_out, json.dumps(payload, indent=1, ensure_ascii=False))
@@ -238,6 +243,56 @@ def reconstruct(
         console.print(f"wrote {out}")
 
 
+@app.command("eval")
+def eval_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md and the PNG plots.")],
+    nla: Annotated[str | None, _NLA_OPT] = None,
+    av: Annotated[str | None, typer.Option(help="AV folder (e.g. a reference checkpoint); overrides --nla's.")] = None,
+    ar: Annotated[str | None, typer.Option(help="AR folder (e.g. a reference checkpoint); overrides --nla's.")] = None,
+    texts: Annotated[Path | None, typer.Option(help=".txt (blank-line separated) or .jsonl with a text field.")] = None,
+    corpus: Annotated[str | None, typer.Option(help="Corpus name (wiki) or file.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="train/val/test: that split of --corpus, cut as `nla split`.")
+    ] = None,
+    split_seed: int = 42,
+    train_data: Annotated[Path | None, typer.Option(help="Activations for the nearest-neighbour baseline.")] = None,
+    max_positions: int = 256,
+    positions_per_doc: int = 3,
+    seed: int = 0,
+    steer_alpha: float = 1.0,
+    dtype: str = "auto",
+    device: str = "cpu",
+) -> None:
+    """Fidelity, baselines, steganography probes and causal checks for an NLA on held-out text."""
+    from nlakit.eval import EvalConfig, run_eval
+
+    if nla is None and not (av or ar):
+        nla = "smollm2-135m-L20"
+    cfg = EvalConfig(
+        out=str(out),
+        nla=nla,
+        av=av,
+        ar=ar,
+        texts=str(texts) if texts else None,
+        corpus=corpus,
+        split=split,
+        split_seed=split_seed,
+        train_data=str(train_data) if train_data else None,
+        max_positions=max_positions,
+        positions_per_doc=positions_per_doc,
+        seed=seed,
+        steer_alpha=steer_alpha,
+        device=device,
+        dtype=dtype,
+    )
+    r = run_eval(cfg)
+    console.print(
+        f"n={r['n']} fve_nrm={r['fve_nrm']:.3f} cos={r['cos_mean']:.3f} mse_nrm={r['mse_nrm']:.3f}; "
+        f"round-trip KL {r['round_trip']['reconstruction']['kl_mean']:.3f} (mean vector "
+        f"{r['round_trip']['mean']['kl_mean']:.3f}); wrote {out}/report.md"
+    )
+
+
 @app.command()
 def serve(
     nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
@@ -258,31 +313,35 @@ def serve(
 
 
 @app.command()
-def demo(
-    model: str = "smollm2-135m",
-    layer: int = 20,
-    out: Path = Path("runs/demo"),
+def export(
+    src: Annotated[str, typer.Argument(help="NLA folder to export (its train_* run state is left out).")],
+    dest: Annotated[Path, typer.Argument(help="Destination folder.")],
+    dtype: Annotated[str, typer.Option(help="Storage dtype of the LoRA adapter weights.")] = "bfloat16",
 ) -> None:
-    """The main job on the embedded default: extract activations from a few wiki documents and summarise them."""
-    import numpy as np
+    """Copy an NLA for shipping: av/, ar/ and sidecars, adapters stored in bf16 by default."""
+    from nlakit.nla import export as run
 
-    from nlakit import dataset as ds
-    from nlakit.extract import ExtractConfig
-    from nlakit.extract import extract as run
+    sizes = run(src, dest, dtype)
+    console.print(f"wrote {dest}: {len(sizes)} files, {sum(sizes.values()) / 2**20:.1f} MiB")
 
-    cfg = ExtractConfig(model=model, layers=[layer], corpus="wiki", out=out, positions_per_doc=3, max_docs=32)
-    console.print(f"[bold]nlakit demo[/]: {model}, layer {layer} (= hidden_states[{layer + 1}]), 32 wiki documents")
-    run(cfg)
-    table, meta = ds.load(out)
-    vecs = ds.vectors_of(table)
-    norms = np.linalg.norm(vecs, axis=1)
-    t = Table(title=f"{meta.row_count} activations, d={meta.extraction.d_model}, mean norm {norms.mean():.1f}")
-    for col in ("doc", "pos", "token", "norm", "context (end)"):
-        t.add_column(col)
-    rows = table.slice(0, 8).to_pylist()
-    for r, n in zip(rows, norms[:8], strict=False):
-        t.add_row(r["doc_id"][:28], str(r["position"]), repr(r["token"]), f"{n:.0f}", "…" + r["context"][-48:])
-    console.print(t)
+
+DEMO_PROMPT = "The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was designed by"
+
+
+@app.command()
+def demo(
+    text: Annotated[str, typer.Argument(help="The prompt to explain.")] = DEMO_PROMPT,
+    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
+    positions: Annotated[str | None, typer.Option(help="Comma-separated positions (default: the last 8).")] = None,
+) -> None:
+    """The main job on the embedded default: per-token explanations of a sample prompt by the shipped NLA."""
+    from nlakit.nla import NLA
+
+    model = NLA.from_pretrained(nla)
+    n = len(model.activations(text)[0])
+    chosen = _positions(positions) if positions else list(range(max(1, n - 8), n))
+    console.print(f"[bold]nlakit demo[/]: {model.target}, layer {model.layer}; explaining {len(chosen)} of {n} tokens")
+    _print_explanations(model, model.explain(text, chosen))
 
 
 def main() -> None:

@@ -239,3 +239,36 @@ def write_pair_meta(path: str | Path) -> None:
             data[f"{role}_base"] = m.get("base_checkpoint")
             data[role] = role + "/"
     write_yaml(path / META_NAME, data)
+
+
+def export(src: str | Path, dest: str | Path, dtype: str = "bfloat16") -> dict[str, int]:
+    """Copy an NLA folder for shipping, with LoRA adapter weights stored in `dtype` (half the bytes in bf16; they are
+    cast back to the base model's dtype on load). Returns the bytes of each written file."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from nlakit.io import atomic_write
+
+    src, dest = resolve_nla_path(src), Path(dest)
+    if dest.resolve() == src.resolve():
+        raise NlakitError("export needs a destination other than the source folder")
+    want = getattr(torch, dtype, None)
+    if not isinstance(want, torch.dtype):
+        raise NlakitError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
+    sizes = {}
+    for f in sorted(src.rglob("*")):
+        if not f.is_file() or f.parts[len(src.parts)].startswith("train"):
+            continue  # run state (checkpoints, logs) stays behind
+        out = dest / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if f.name == "adapter_model.safetensors":
+            tensors = {k: v.to(want).contiguous() for k, v in load_file(f).items()}
+            atomic_write(out, lambda tmp, t=tensors: save_file(t, tmp, metadata={"format": "pt"}))
+        else:
+            atomic_write(out, lambda tmp, f=f: shutil.copyfile(f, tmp))
+        sizes[str(out.relative_to(dest))] = out.stat().st_size
+    if not (dest / "av").is_dir() and not (dest / "ar").is_dir():
+        raise NlakitError(f"{src} has no av/ or ar/ folder to export")
+    write_pair_meta(dest)
+    return sizes

@@ -269,7 +269,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                         "kl": float(kl.detach()),
                         "failed": float((~ok).float().mean()),
                         "entropy": float((entropy.detach().sum(1) / valid.sum(1).clamp_min(1)).mean()),
-                        "ar_loss": float(ar_loss),
+                        "ar_loss": float(ar_loss.detach()),
                     }
                 )
                 now = time.perf_counter()

@@ -1,0 +1,577 @@
+"""`nla eval`: how much an NLA's English carries, and whether it is the English that carries it.
+
+One pass over held-out positions (documents sampled as in extraction), then four families of numbers:
+1. fidelity: fve_nrm (rawvar and meannorm denominators), cosine, by position and by token kind;
+2. baselines on the same vectors: predict-the-mean, nearest training neighbour, the logit-lens text, the verbatim
+   context, and another activation's explanation (= the AV given a shuffled vector, under greedy decoding);
+3. steganography probes: the AR re-scored on meaning-preserving rewrites (sentence shuffle, synonyms, quotes removed,
+   truncation) and on meaning-destroying controls (word shuffle); a large drop under a meaning-preserving rewrite
+   means the pair leans on surface form rather than content;
+4. causal checks: round-trip patching of AR(AV(h)) into the target (KL of the next-token distribution) against the
+   mean and a random vector, and text-edit steering against random directions of equal norm.
+Works on any NLA folder, the reference's format included (`--av`/`--ar`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nlakit.corpus import Document, load_corpus
+from nlakit.errors import NlakitError
+from nlakit.extract import DEFAULT_MIN_POSITION, LayerCapture, sample_positions
+from nlakit.io import atomic_write_text
+from nlakit.maths import cosine, meannorm_baseline, mse_nrm, normalize, rawvar_baseline
+from nlakit.nla import NLA, score_texts
+from nlakit.paraphrase import remove_quotes, shuffle_units, shuffle_words, synonym_rewrite
+from nlakit.progress import progress_bar
+from nlakit.steer import kl_divergence, match_norm, next_token_logprobs
+
+TRUNCATIONS = (4, 8, 16, 32, 64)
+POSITION_BUCKETS = ((16, 32), (32, 64), (64, 128), (128, 10**9))
+DICTIONARY = Path("/usr/share/dict/words")
+
+# Text-edit steering cases: a prompt whose next token is open, and a concept to steer toward.
+STEER_CASES = (
+    ("My favourite animal is the", "dog"),
+    ("She poured herself a cup of", "coffee"),
+    ("The capital city of the country is", "Paris"),
+    ("He picked up the musical instrument and played the", "piano"),
+    ("For dinner we are having", "pizza"),
+    ("The weather today is very", "cold"),
+    ("The most popular sport in the world is", "football"),
+    ("On the table there was a bowl of", "soup"),
+)
+
+
+@dataclass
+class EvalConfig:
+    out: str
+    nla: str | None = None
+    av: str | None = None
+    ar: str | None = None
+    texts: str | None = None  # .txt (documents separated by blank lines) or .jsonl (a `text` field)
+    corpus: str | None = None
+    split: str | None = None  # train/val/test: the corpus documents of that split, as `nla split` cuts them
+    split_seed: int = 42
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    train_data: str | None = None  # activation dataset for the nearest-neighbour baseline
+    max_positions: int = 256
+    positions_per_doc: int = 3
+    min_position: int = DEFAULT_MIN_POSITION
+    max_tokens: int = 256
+    seed: int = 0
+    max_new_tokens: int = 120
+    batch_size: int = 32
+    steer_alpha: float = 1.0
+    device: str = "cpu"
+    dtype: str = "auto"
+    steer_cases: list[tuple[str, str]] = field(default_factory=lambda: list(STEER_CASES))
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def eval_documents(cfg: EvalConfig) -> list[Document]:
+    """The documents to evaluate on, in a seeded order (so `--max-positions` takes a fair sample)."""
+    if bool(cfg.texts) == bool(cfg.corpus):
+        raise NlakitError("give exactly one of --texts FILE or --corpus NAME")
+    if cfg.texts:
+        path = Path(cfg.texts)
+        if path.suffix not in (".txt", ".jsonl"):
+            raise NlakitError(f"--texts {path} must be a .txt (blank-line separated) or .jsonl file with a text field")
+        docs = load_corpus(path)
+    else:
+        docs = load_corpus(cfg.corpus)
+        if cfg.split:
+            from nlakit.dataset import split_doc_ids
+
+            names = ("train", "val", "test")
+            if cfg.split not in names:
+                raise NlakitError(f"--split must be one of {', '.join(names)}, not {cfg.split!r}")
+            groups = split_doc_ids(
+                [d.id for d in docs], dict(zip(names, cfg.split_fractions, strict=True)), cfg.split_seed
+            )
+            docs = [d for d in docs if d.id in groups[cfg.split]]
+    docs = sorted(docs, key=lambda d: d.id)
+    random.Random(cfg.seed).shuffle(docs)
+    return docs
+
+
+@dataclass
+class Sample:
+    doc_id: str
+    position: int
+    token: str
+    context: str
+    ids: list[int]  # the document's token ids
+
+
+def token_kind(token: str) -> str:
+    t = token.strip()
+    if not t:
+        return "whitespace"
+    if any(c.isdigit() for c in t):
+        return "number"
+    if not any(c.isalpha() for c in t):
+        return "punctuation"
+    return "word start" if token[:1].isspace() else "word piece"
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def logit_lens_text(top_tokens: list[str]) -> str:
+    """The logit-lens baseline's 'explanation': the target's top next tokens read off layer K."""
+    return "The model expects " + ", ".join(f'"{t.strip() or t}"' for t in top_tokens) + " next."
+
+
+def truncate_tokens(tok, text: str, k: int) -> str:
+    return tok.decode(tok.encode(text, add_special_tokens=False)[:k])
+
+
+def edit_toward(explanation: str, word: str) -> str:
+    """The steering edit: every quoted span (the explanation's next-token guesses) becomes `word`, and the subject
+    is said to be `word`; with nothing quoted, a sentence naming it is added."""
+    edited, n = re.subn(r"[\"“][^\"”]*[\"”]", f'"{word}"', explanation)
+    if n == 0:
+        edited = explanation.rstrip() + f' The model expects "{word}" next.'
+    return edited + f" The subject is {word}."
+
+
+def english_word_share(texts: list[str], words: set[str]) -> float:
+    """Share of alphabetic words (case-folded, inner apostrophes kept) found in `words`."""
+    tokens = [w.lower() for t in texts for w in re.findall(r"[A-Za-z]+(?:'[a-z]+)?", t)]
+    return sum(w in words for w in tokens) / len(tokens) if tokens else float("nan")
+
+
+def load_dictionary(path: Path = DICTIONARY) -> set[str] | None:
+    if not path.is_file():
+        return None
+    return {w.strip().lower() for w in path.read_text(errors="ignore").splitlines() if w.strip().isalpha()}
+
+
+def summarise(mse: torch.Tensor, cos: torch.Tensor, rawvar: float, meannorm: float) -> dict[str, float]:
+    m = float(mse.mean())
+    return {
+        "mse_nrm": m,
+        "fve_nrm": 1 - m / rawvar,
+        "fve_meannorm": 1 - m / meannorm,
+        "cos_mean": float(cos.mean()),
+    }
+
+
+# ---------------------------------------------------------------- the pass
+
+
+@torch.no_grad()
+def collect(nla: NLA, docs: list[Document], cfg: EvalConfig) -> tuple[list[Sample], torch.Tensor, torch.Tensor]:
+    """Sampled positions, their layer-K vectors [n, d], and the target's next-token log-probs there [n, V].
+
+    One full-model forward per document gives both (a hook on block K reads the residual stream)."""
+    model, tok = nla.target_lm(), nla.target_tokenizer()
+    special = frozenset(tok.all_special_ids)
+    samples, vecs, logps = [], [], []
+    dev = next(model.parameters()).device
+    with progress_bar("eval: read activations", total=cfg.max_positions) as bar:
+        for doc in docs:
+            if len(samples) >= cfg.max_positions:
+                break
+            ids = tok(doc.text, add_special_tokens=True, truncation=True, max_length=cfg.max_tokens)["input_ids"]
+            pos = sample_positions(
+                ids, doc.id, seed=cfg.seed, n=cfg.positions_per_doc, min_position=cfg.min_position, special_ids=special
+            )[: cfg.max_positions - len(samples)]
+            if not pos:
+                continue
+            cap = LayerCapture(model, [nla.layer])
+            try:
+                logits = model(input_ids=torch.tensor([ids], device=dev), use_cache=False).logits[0]
+            finally:
+                cap.remove()
+            vecs.append(cap.outputs[nla.layer][0, pos].float().cpu())
+            logps.append(torch.log_softmax(logits[pos].float(), -1).cpu())
+            for p in pos:
+                samples.append(
+                    Sample(doc.id, p, tok.decode([ids[p]]), tok.decode(ids[: p + 1], skip_special_tokens=True), ids)
+                )
+            bar.advance(len(pos))
+    if not samples:
+        raise NlakitError(
+            f"no positions to evaluate: every document is shorter than --min-position {cfg.min_position} tokens"
+        )
+    return samples, torch.cat(vecs), torch.cat(logps)
+
+
+def final_norm(model):
+    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            continue
+    raise NlakitError(f"cannot find the final norm of {type(model).__name__} for the logit lens")
+
+
+@torch.no_grad()
+def logit_lens_top(nla: NLA, vectors: torch.Tensor, k: int = 5) -> list[list[str]]:
+    model, tok = nla.target_lm(), nla.target_tokenizer()
+    p = next(model.parameters())
+    logits = model.get_output_embeddings()(final_norm(model)(vectors.to(p.device, p.dtype)))
+    return [[tok.decode([i]) for i in row] for row in logits.topk(k, dim=-1).indices.tolist()]
+
+
+def nearest_neighbour(vectors: torch.Tensor, train_data: str) -> torch.Tensor:
+    """For each vector, the most cosine-similar training activation (a memorisation baseline with no text)."""
+    from nlakit.dataset import read_table, vectors_of
+
+    train = torch.from_numpy(vectors_of(read_table(train_data, ["activation_vector"]))).float()
+    tn = train / train.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    q = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    best = torch.cat([(q[i : i + 256] @ tn.T).argmax(-1) for i in range(0, len(q), 256)])
+    return train[best]
+
+
+def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
+    """Evaluate, write `out/report.json`, `out/report.md` and PNG plots; return the report."""
+    docs = eval_documents(cfg)  # bad inputs fail before a model loads
+    nla = nla or NLA.from_pretrained(cfg.nla, av=cfg.av, ar=cfg.ar, device=cfg.device, dtype=cfg.dtype)
+    if nla.av is None or nla.ar is None:
+        raise NlakitError("eval needs both an AV and an AR")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    samples, vectors, logp_orig = collect(nla, docs, cfg)
+    n = len(samples)
+    rawvar, meannorm = rawvar_baseline(vectors), meannorm_baseline(vectors)
+    texts = nla.verbalize(vectors, max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size)
+    # another activation's explanation: a rotation by half the set never pairs a row with itself or (for sets of
+    # more than a few documents) with a position of its own document
+    perm = [(i + max(1, n // 2)) % n for i in range(n)]
+
+    ar_tok = nla.ar.tok
+    variants: dict[str, list[str]] = {
+        "explanation": texts,
+        "sentence_shuffle": [shuffle_units(t, random.Random(f"{cfg.seed}|{i}")) for i, t in enumerate(texts)],
+        "synonyms": [synonym_rewrite(t, random.Random(f"{cfg.seed}|{i}")) for i, t in enumerate(texts)],
+        "no_quotes": [remove_quotes(t) for t in texts],
+        "word_shuffle": [shuffle_words(t, random.Random(f"{cfg.seed}|{i}")) for i, t in enumerate(texts)],
+        "other_explanation": [texts[j] for j in perm],
+        "logit_lens": [logit_lens_text(top) for top in logit_lens_top(nla, vectors)],
+        "context": [s.context for s in samples],
+    }
+    for k in TRUNCATIONS:
+        variants[f"truncate_{k}"] = [truncate_tokens(ar_tok, t, k) for t in texts]
+
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    with progress_bar("eval: AR scoring", total=len(variants)) as bar:
+        for name, vs in variants.items():
+            scores[name] = score_texts(nla.ar, vs, vectors)
+            bar.advance(1)
+
+    def summary(name: str) -> dict[str, float]:
+        return summarise(scores[name]["mse_nrm"], scores[name]["cos"], rawvar, meannorm)
+
+    main = summary("explanation")
+    report: dict = {
+        "n": n,
+        "documents": len({s.doc_id for s in samples}),
+        **main,
+        "rawvar": rawvar,
+        "meannorm": meannorm,
+        "rawvar_train": nla.rawvar,
+        "fve_nrm_train_rawvar": 1 - main["mse_nrm"] / nla.rawvar if nla.rawvar else None,
+        "target": nla.target,
+        "layer": nla.layer,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "steer_cases"},
+    }
+
+    # baselines
+    # the best constant guess for a normalised comparison: the mean of the normalised vectors (the meannorm baseline)
+    mean_vec = normalize(vectors, math.sqrt(vectors.shape[-1])).mean(0, keepdim=True).expand_as(vectors)
+    baselines = {
+        "mean": summarise(mse_nrm(mean_vec, vectors), cosine(mean_vec, vectors), rawvar, meannorm),
+        "shuffled_activation": summary("other_explanation"),
+        "logit_lens": summary("logit_lens"),
+        "context": summary("context"),
+    }
+    if cfg.train_data:
+        nn = nearest_neighbour(vectors, cfg.train_data)
+        baselines["nearest_neighbour"] = summarise(mse_nrm(nn, vectors), cosine(nn, vectors), rawvar, meannorm)
+    report["baselines"] = baselines
+
+    # steganography probes: fve under each transform and its drop from the untouched explanation
+    probes = {}
+    for name, kind in (
+        ("sentence_shuffle", "preserving"),
+        ("synonyms", "preserving"),
+        ("no_quotes", "preserving"),
+        ("word_shuffle", "destroying"),
+        ("other_explanation", "destroying"),
+    ):
+        s = summary(name)
+        probes[name] = {**s, "kind": kind, "fve_drop": main["fve_nrm"] - s["fve_nrm"]}
+    report["probes"] = probes
+    lengths = [len(ar_tok.encode(t, add_special_tokens=False)) for t in texts]
+    report["truncation"] = {
+        str(k): summary(f"truncate_{k}")["fve_nrm"] for k in TRUNCATIONS if k < max(lengths, default=0)
+    }
+    report["truncation"]["full"] = main["fve_nrm"]
+
+    # breakdowns
+    per_fve = 1 - scores["explanation"]["mse_nrm"] / rawvar
+    groups: dict[str, dict[str, list[float]]] = {"position": {}, "token_kind": {}}
+    for s, f in zip(samples, per_fve.tolist(), strict=True):
+        bucket = next((f"{lo}-{hi - 1}" if hi < 10**9 else f"{lo}+") for lo, hi in POSITION_BUCKETS if s.position < hi)
+        groups["position"].setdefault(bucket, []).append(f)
+        groups["token_kind"].setdefault(token_kind(s.token), []).append(f)
+    report["breakdown"] = {
+        g: {k: {"n": len(v), "fve_nrm": float(np.mean(v))} for k, v in sorted(d.items())} for g, d in groups.items()
+    }
+    words = load_dictionary()
+    report["english_word_share"] = english_word_share(texts, words) if words else None
+    report["explanation_tokens_median"] = float(np.median(lengths)) if lengths else 0.0
+    report["empty_explanations"] = sum(not t.strip() for t in texts)
+
+    report["round_trip"] = round_trip(nla, samples, vectors, logp_orig, texts, gen)
+    report["steering"] = steering_suite(nla, cfg)
+    report["samples"] = [
+        {
+            "doc_id": s.doc_id,
+            "position": s.position,
+            "token": s.token,
+            "context_tail": s.context[-120:],
+            "explanation": t,
+            "fve_nrm": float(f),
+        }
+        for s, t, f in list(zip(samples, texts, per_fve.tolist(), strict=True))[:10]
+    ]
+
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float) + "\n")
+    atomic_write_text(out / "report.md", render_markdown(report))
+    plot_report(report, per_fve.numpy(), scores["explanation"]["cos"].numpy(), out)
+    return report
+
+
+@torch.no_grad()
+def round_trip(nla: NLA, samples, vectors, logp_orig, texts, gen: torch.Generator) -> dict:
+    """KL(original || patched) of the next-token distribution when h is replaced by AR(AV(h)) (at h's norm),
+    by the mean activation, or by a random vector of h's norm."""
+    model = nla.target_lm()
+    rec = match_norm(score_reconstructions(nla, texts), vectors)
+    mean = vectors.mean(0, keepdim=True).expand_as(vectors)
+    rand = match_norm(torch.randn(vectors.shape, generator=gen), vectors)
+    kls: dict[str, list[float]] = {"reconstruction": [], "mean": [], "random": []}
+    by_doc: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_doc.setdefault(s.doc_id, []).append(i)
+    with progress_bar("eval: round-trip patching", total=len(samples)) as bar:
+        for rows in by_doc.values():
+            ids, pos = samples[rows[-1]].ids, [samples[i].position for i in rows]
+            for name, vecs in (("reconstruction", rec), ("mean", mean), ("random", rand)):
+                logq = next_token_logprobs(model, ids, pos, nla.layer, vecs[rows])
+                kls[name] += kl_divergence(logp_orig[rows], logq).tolist()
+            bar.advance(len(rows))
+    return {name: {"kl_mean": float(np.mean(v)), "kl_median": float(np.median(v))} for name, v in kls.items()}
+
+
+def score_reconstructions(nla: NLA, texts: list[str]) -> torch.Tensor:
+    """AR reconstructions; an empty explanation reconstructs to zero (patching it in then removes the stream)."""
+    out = torch.zeros(len(texts), nla.d_model)
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    if keep:
+        out[keep] = nla.reconstruct([texts[i] for i in keep])
+    return out
+
+
+@torch.no_grad()
+def steering_suite(nla: NLA, cfg: EvalConfig, n_random: int = 8) -> dict:
+    """Log-prob shift toward the edited concept when alpha * (AR(edited) - AR(original)) is added at the prompt's
+    last token, against random directions of the same norm."""
+    model, tok = nla.target_lm(), nla.target_tokenizer()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    cases = []
+    for prompt, word in cfg.steer_cases:
+        ids, acts = nla.activations(prompt)
+        pos, h = len(ids) - 1, acts[-1:]
+        original = nla.verbalize(h, max_new_tokens=cfg.max_new_tokens)[0] or "(empty)"
+        edited = edit_toward(original, word)
+        rec = match_norm(nla.reconstruct([original, edited]), h.expand(2, -1))
+        delta = cfg.steer_alpha * (rec[1] - rec[0])
+        rand = torch.randn(n_random, delta.shape[0], generator=gen)
+        rand = rand / rand.norm(dim=-1, keepdim=True) * delta.norm()
+        adds = torch.cat([torch.zeros(1, delta.shape[0]), delta[None], rand])
+        logp = next_token_logprobs(model, ids, [pos] * len(adds), nla.layer, adds, mode="add")
+        target = tok.encode(" " + word, add_special_tokens=False)[0]
+        base, steered, ctrl = float(logp[0, target]), float(logp[1, target]), logp[2:, target]
+        cases.append(
+            {
+                "prompt": prompt,
+                "concept": word,
+                "original": original,
+                "edited": edited,
+                "delta_norm": float(delta.norm()),
+                "logp_base": base,
+                "shift": steered - base,
+                "shift_random_mean": float(ctrl.mean()) - base,
+                "shift_random_max": float(ctrl.max()) - base,
+            }
+        )
+    shifts = [c["shift"] for c in cases]
+    ctrl = [c["shift_random_mean"] for c in cases]
+    return {
+        "alpha": cfg.steer_alpha,
+        "shift_mean": float(np.mean(shifts)),
+        "shift_random_mean": float(np.mean(ctrl)),
+        "wins_over_random_max": sum(c["shift"] > c["shift_random_max"] for c in cases),
+        "cases": cases,
+    }
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _f(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def render_markdown(r: dict) -> str:
+    lines = [
+        f"# NLA evaluation: {r['target']} layer {r['layer']}",
+        "",
+        f"{r['n']} positions from {r['documents']} documents. fve_nrm = 1 - mse_nrm / rawvar, with rawvar "
+        f"{r['rawvar']:.3f} measured on these vectors (training rawvar: {_f(r['rawvar_train'])}).",
+        "",
+        "| | fve_nrm | fve (meannorm) | cos | mse_nrm |",
+        "|---|---|---|---|---|",
+        f"| **NLA (AR(AV(h)))** | **{_f(r['fve_nrm'])}** | {_f(r['fve_meannorm'])} | {_f(r['cos_mean'])} "
+        f"| {_f(r['mse_nrm'])} |",
+    ]
+    for name, b in r["baselines"].items():
+        lines.append(
+            f"| {name} | {_f(b['fve_nrm'])} | {_f(b['fve_meannorm'])} | {_f(b['cos_mean'])} | {_f(b['mse_nrm'])} |"
+        )
+    lines += [
+        "",
+        "## Steganography probes (AR re-scored on transformed explanations)",
+        "",
+        "| transform | kind | fve_nrm | drop |",
+        "|---|---|---|---|",
+    ]
+    for name, p in r["probes"].items():
+        lines.append(f"| {name} | {p['kind']} | {_f(p['fve_nrm'])} | {_f(p['fve_drop'])} |")
+    lines += ["", "Truncation to the first k tokens: " + ", ".join(f"{k}: {_f(v)}" for k, v in r["truncation"].items())]
+    rt = r["round_trip"]
+    lines += [
+        "",
+        "## Causal checks",
+        "",
+        "Round-trip patching, KL(original || patched) of the next-token distribution (nats):",
+        "",
+        "| patched vector | KL mean | KL median |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {_f(v['kl_mean'])} | {_f(v['kl_median'])} |" for k, v in rt.items()]
+    st = r["steering"]
+    lines += [
+        "",
+        f"Text-edit steering (alpha {st['alpha']}): mean log-prob shift toward the edited concept "
+        f"{_f(st['shift_mean'])} nats, against {_f(st['shift_random_mean'])} for random directions of equal norm; "
+        f"beats every random direction in {st['wins_over_random_max']} of {len(st['cases'])} cases.",
+        "",
+        "| prompt | concept | shift | random mean | random max |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['prompt']} | {c['concept']} | {_f(c['shift'])} | {_f(c['shift_random_mean'])} "
+        f"| {_f(c['shift_random_max'])} |"
+        for c in st["cases"]
+    ]
+    lines += ["", "## Breakdown", ""]
+    for g, d in r["breakdown"].items():
+        lines.append(f"- by {g}: " + "; ".join(f"{k} (n={v['n']}): {_f(v['fve_nrm'])}" for k, v in d.items()))
+    lines += [
+        f"- English dictionary words in explanations: {_f(r['english_word_share'])}; median length "
+        f"{r['explanation_tokens_median']:.0f} tokens; empty: {r['empty_explanations']}",
+        "",
+        "## Samples",
+        "",
+    ]
+    for s in r["samples"]:
+        lines += [
+            f"**{s['doc_id']} @ {s['position']}** (fve {s['fve_nrm']:.2f}) …{s['context_tail']!r}",
+            "",
+            "> " + s["explanation"].replace("\n", "\n> "),
+            "",
+        ]
+    lines += ["Plots: fidelity.png, probes.png, causal.png", ""]
+    return "\n".join(lines)
+
+
+def plot_report(r: dict, per_fve: np.ndarray, per_cos: np.ndarray, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    ax[0].hist(np.clip(per_fve, -1, 1), bins=40, color="tab:blue")
+    ax[0].axvline(r["fve_nrm"], color="k", ls="--", label=f"mean {r['fve_nrm']:.3f}")
+    ax[0].set(title="fve_nrm per position (clipped to [-1, 1])", xlabel="fve_nrm")
+    ax[0].legend()
+    ax[1].hist(per_cos, bins=40, color="tab:green")
+    ax[1].set(title="cosine(AR(AV(h)), h)", xlabel="cos")
+    pos = r["breakdown"]["position"]
+    ax[2].bar(list(pos), [v["fve_nrm"] for v in pos.values()])
+    ax[2].set(title="fve_nrm by position", xlabel="position")
+    fig.tight_layout()
+    fig.savefig(out / "fidelity.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4))
+    names = ["NLA", *r["baselines"], *r["probes"]]
+    vals = [
+        r["fve_nrm"],
+        *(b["fve_nrm"] for b in r["baselines"].values()),
+        *(p["fve_nrm"] for p in r["probes"].values()),
+    ]
+    colors = (
+        ["tab:blue"]
+        + ["tab:gray"] * len(r["baselines"])
+        + ["tab:green" if p["kind"] == "preserving" else "tab:red" for p in r["probes"].values()]
+    )
+    ax[0].barh(names[::-1], vals[::-1], color=colors[::-1])
+    ax[0].axvline(0, color="k", lw=0.8)
+    ax[0].set(title="fve_nrm: NLA, baselines (grey), preserving (green) / destroying (red) probes")
+    trunc = {k: v for k, v in r["truncation"].items() if k != "full"}
+    ax[1].plot([int(k) for k in trunc], list(trunc.values()), "o-", label="first k tokens")
+    ax[1].axhline(r["fve_nrm"], color="k", ls="--", label="full explanation")
+    ax[1].set(xscale="log", title="fve_nrm against explanation length", xlabel="tokens kept")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "probes.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    rt = r["round_trip"]
+    ax[0].bar(list(rt), [v["kl_mean"] for v in rt.values()], color=["tab:blue", "tab:gray", "tab:red"])
+    ax[0].set(title="round-trip patching: KL to the original (nats)", yscale="log")
+    cases = r["steering"]["cases"]
+    x = np.arange(len(cases))
+    ax[1].bar(x - 0.2, [c["shift"] for c in cases], 0.4, label="edit direction")
+    ax[1].bar(x + 0.2, [c["shift_random_mean"] for c in cases], 0.4, label="random (mean)")
+    ax[1].set_xticks(x, [c["concept"] for c in cases], rotation=30)
+    ax[1].set(title=f"text-edit steering, alpha {r['steering']['alpha']}: log-prob shift of the concept")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "causal.png", dpi=100)
+    plt.close(fig)
