@@ -195,23 +195,6 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
     return {m.__name__: m for m in (TextIn, ExplainIn, TopkIn, SteerIn, ContinueIn, ChatIn)}
 
 
-def _greedy_continuation(nla, ids: list[int], max_new_tokens: int) -> list[int]:
-    """The target's greedy continuation of `ids` (the new token ids), with the full LM as `steer` uses it."""
-    import torch
-
-    model, tok = nla.target_lm(), nla.target_tokenizer()
-    inp = torch.tensor([ids], device=next(model.parameters()).device)
-    with torch.no_grad():
-        gen = model.generate(
-            input_ids=inp,
-            attention_mask=torch.ones_like(inp),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        )
-    return gen[0, len(ids) :].tolist()
-
-
 def create_app(
     nla,
     *,
@@ -221,7 +204,7 @@ def create_app(
 ) -> FastAPI:
     """The viewer's app around one loaded `NLA`. `allowed_hosts` (Host header check) guards a loopback server
     against DNS rebinding: a web page elsewhere cannot make the browser talk to it under another name."""
-    from nlakit.steer import next_token_logprobs, steer
+    from nlakit.steer import greedy_continuation, next_token_logprobs, steer
 
     limits = limits or Limits()
     models = _request_models(limits)
@@ -389,7 +372,7 @@ def create_app(
                 f"the text has {len(ids)} tokens; with {max_new_tokens} more it would pass the viewer's "
                 f"{limits.max_tokens}-token limit"
             )
-        return _greedy_continuation(nla, ids, max_new_tokens), tok
+        return greedy_continuation(nla, ids, max_new_tokens), tok
 
     @app.post("/api/continue", response_model=ContinueOut, responses=errors, tags=["api"])
     def continue_route(req: ContinueIn) -> ContinueOut:

@@ -86,9 +86,27 @@ def next_token_logprobs(model, ids: list[int], positions: list[int], layer: int,
         mask[i, : p + 1] = 1
     edits = [] if vectors is None else [Edit(i, p, vectors[i], mode) for i, p in enumerate(positions)]
     with ResidualPatch(model, layer, edits):
-        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+        # the decoder stack, then the LM head only at the positions read ([n, V], not [n, T, V])
+        hidden = getattr(model, model.base_model_prefix)(input_ids=input_ids, attention_mask=mask, use_cache=False)
     rows = torch.arange(n, device=dev)
-    return torch.log_softmax(logits[rows, torch.tensor(positions, device=dev)].float(), -1).cpu()
+    last = hidden.last_hidden_state[rows, torch.tensor(positions, device=dev)]
+    return torch.log_softmax(model.get_output_embeddings()(last).float(), -1).cpu()
+
+
+@torch.no_grad()
+def greedy_continuation(nla, ids: list[int], max_new_tokens: int, edits: list[Edit] | None = None) -> list[int]:
+    """The target's greedy continuation of `ids` (new token ids only), with `edits` applied at layer K."""
+    model, tok = nla.target_lm(), nla.target_tokenizer()
+    inp = torch.tensor([ids], device=next(model.parameters()).device)
+    with ResidualPatch(model, nla.layer, edits or []):
+        gen = model.generate(
+            input_ids=inp,
+            attention_mask=torch.ones_like(inp),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        )
+    return gen[0, len(ids) :].tolist()
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -128,18 +146,9 @@ def steer(
     h = acts[pos : pos + 1]
     rec = match_norm(nla.reconstruct([original, edited]), h.expand(2, -1))
     delta = alpha * (rec[1] - rec[0])
-    model, tok = nla.target_lm(), nla.target_tokenizer()
-    dev = next(model.parameters()).device
-    inp = torch.tensor([ids], device=dev)
-    outs = []
-    for edits in ([], [Edit(0, pos, delta, "add")]):
-        with ResidualPatch(model, nla.layer, edits):
-            gen = model.generate(
-                input_ids=inp,
-                attention_mask=torch.ones_like(inp),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            )
-        outs.append(tok.decode(gen[0, len(ids) :], skip_special_tokens=True))
+    tok = nla.target_tokenizer()
+    outs = [
+        tok.decode(greedy_continuation(nla, ids, max_new_tokens, edits), skip_special_tokens=True)
+        for edits in ([], [Edit(0, pos, delta, "add")])
+    ]
     return SteerResult(outs[0], outs[1], float(delta.norm()), pos)
