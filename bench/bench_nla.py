@@ -105,10 +105,22 @@ def av_generate(mode: str, batch: int = 32, new_tokens: int = 64) -> dict:
         return out.shape[0] * out.shape[1]
 
     run()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     n = run()
-    dt = time.perf_counter() - t
-    return {"tok_s": n / dt, "seconds": dt, "tokens": n, "prompt_tokens": len(av.prompt_ids)}
+    dt, cpu = time.perf_counter() - t, time.process_time() - cpu
+    # FLOPs of one decode step per row: every linear (LM head included) plus attention over the mean context
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    cfg = model.config
+    context = len(av.prompt_ids) + new_tokens / 2
+    attention = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    return {
+        "tok_s": n / dt,
+        "seconds": dt,
+        "cpu_seconds": cpu,
+        "tokens": n,
+        "prompt_tokens": len(av.prompt_ids),
+        "gflop_per_token": (2 * linear + attention * context) / 1e9,
+    }
 
 
 def make_base_nla(path: str, layer: int = 20) -> str:
@@ -135,14 +147,14 @@ def make_base_nla(path: str, layer: int = 20) -> str:
     return path
 
 
-PROMPT_40 = (
+PROMPT_40 = (  # 40 SmolLM2 tokens
     "The Eiffel Tower was built for the 1889 World's Fair in Paris, and at first many artists "
-    "criticised its design, calling it an ugly iron skeleton that"
+    "criticised its design, calling it an ugly iron skeleton that would spoil the city."
 )
 
 
 def explain_latency(mode: str, nla_dir: str, new_tokens: int = 80, baseline_positions: int = 6) -> dict:
-    """Seconds per position of a ~40-token prompt, every explanation forced to `new_tokens` tokens (a typical
+    """Seconds per position of a 40-token prompt, every explanation forced to `new_tokens` tokens (a typical
     explanation length), greedy. mode=nlakit: `NLA.explain` (all positions in one batched, prefix-shared
     generation); mode=baseline: one plain HF `generate` per position, as a per-request server would (timed on
     `baseline_positions` positions)."""

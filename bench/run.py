@@ -101,11 +101,22 @@ def ar_training(args) -> list[str]:
 
 def av_generation(args) -> list[str]:
     base, ours = _pair("bench_nla", "av_generate", args.repeats)
-    RESULTS["av_generate"] = {"base": base, "ours": ours}
+    peak = gemm_peak_gflops(args.gemm_dtype)
+    RESULTS["av_generate"] = {"base": base, "ours": ours, "gemm_peak_gflops": peak}
     return [
         f"### AV generation (SmolLM2, bf16, batch 32, 64 new tokens, sampling, median of {args.repeats})",
         "",
-        *_rows("HF `generate` from `input_ids`", "`AV.generate_ids` (injected `inputs_embeds`)", base, ours),
+        *_rows(
+            "HF `generate` from `input_ids`",
+            "`AV.generate_ids` (injected `inputs_embeds`)",
+            base,
+            ours,
+            peak,
+            ours[0]["gflop_per_token"],
+        ),
+        f"{args.gemm_dtype} GEMM peak measured in the same run: {peak:.0f} GFLOP/s; decode FLOPs "
+        f"{ours[0]['gflop_per_token']:.3f} GFLOP per token.",
+        "",
     ]
 
 

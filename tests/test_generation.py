@@ -2,9 +2,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nlakit.av import AV
-from nlakit.generation import SamplingConfig, fast_generate, hf_generate, sample_next
+from nlakit.generation import (
+    SamplingConfig,
+    decode_attention_forward,
+    fast_generate,
+    hf_generate,
+    merged_lora,
+    sample_next,
+)
 
 
 @pytest.fixture(scope="module")
@@ -12,18 +20,77 @@ def av() -> AV:
     return AV.from_base("tiny", layer=2, injection_scale=1.0, dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def lora_av() -> AV:
+    """The tiny AV under LoRA adapters with non-zero weights (fresh ones are a no-op: B starts at zero)."""
+    from nlakit.train.loop import add_lora
+
+    av = AV.from_base("tiny", layer=2, injection_scale=1.0, dtype="float32")
+    av.model = add_lora(av.model, 8, 16, task_type="CAUSAL_LM")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in av.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return av
+
+
 def _run(av: AV, generator, vectors, cfg):
     av.generator = generator
     return av.generate_ids(vectors, cfg)
 
 
+def _assert_same_greedy(fast, ref):
+    width = min(fast.shape[1], ref.shape[1])
+    assert width > 0
+    assert torch.equal(fast[:, :width], ref[:, :width])
+
+
 def test_fast_greedy_equals_hf_generate(av):
     vectors = torch.randn(5, 64, generator=torch.Generator().manual_seed(0)) * 3
     cfg = SamplingConfig(max_new_tokens=20)
-    fast, ref = _run(av, fast_generate, vectors, cfg), _run(av, hf_generate, vectors, cfg)
-    width = min(fast.shape[1], ref.shape[1])
-    assert torch.equal(fast[:, :width], ref[:, :width])
+    _assert_same_greedy(_run(av, fast_generate, vectors, cfg), _run(av, hf_generate, vectors, cfg))
+    assert av.model.config._attn_implementation == "sdpa"  # the decode attention is switched in only while decoding
     av.check_injection()  # and the vectors do reach the model
+
+
+def test_fast_greedy_with_lora_merged_equals_unmerged_hf_generate(lora_av):
+    vectors = torch.randn(5, 64, generator=torch.Generator().manual_seed(3)) * 3
+    cfg = SamplingConfig(max_new_tokens=20)
+    before = {n: p.detach().clone() for n, p in lora_av.model.named_parameters()}
+    fast = _run(lora_av, fast_generate, vectors, cfg)
+    _assert_same_greedy(fast, _run(lora_av, hf_generate, vectors, cfg))
+    # the adapters are unmerged again and every weight is bit-identical, so training goes on exactly
+    for n, p in lora_av.model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    assert not any(m.merged for m in lora_av.model.modules() if isinstance(m, BaseTunerLayer))
+
+
+def test_merged_lora_changes_nothing_without_adapters(av):
+    before = [p.data_ptr() for p in av.model.parameters()]
+    with merged_lora(av.model):
+        pass
+    assert [p.data_ptr() for p in av.model.parameters()] == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_equals_sdpa(dtype):
+    class Module:
+        num_key_value_groups = 3
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 6, 1, 16, generator=g).to(dtype)
+    k, v = (torch.randn(4, 2, 9, 16, generator=g).to(dtype) for _ in range(2))
+    visible = torch.rand(4, 1, 1, 9, generator=g) > 0.3
+    visible[..., 0] = True
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for mask in (None, visible):
+        ours, _ = decode_attention_forward(Module(), q, k, v, mask, scaling=0.25)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25, enable_gqa=True).transpose(1, 2)
+        assert ours.shape == ref.shape == (4, 1, 6, 16)
+        torch.testing.assert_close(ours, ref, **tol)
 
 
 def test_min_new_tokens_and_eos_padding(av):
@@ -36,13 +103,27 @@ def test_min_new_tokens_and_eos_padding(av):
 def test_sampling_is_seeded(av):
     vectors = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
     cfg = SamplingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7)
-    assert torch.equal(_run(av, fast_generate, vectors, cfg), _run(av, fast_generate, vectors, cfg))
+    first = _run(av, fast_generate, vectors, cfg)
+    assert torch.equal(first, _run(av, fast_generate, vectors, cfg))
+    assert not torch.equal(first, _run(av, fast_generate, vectors, SamplingConfig(10, temperature=1.0, seed=8)))
+
+
+def test_sampling_follows_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = torch.log(probs).expand(20000, -1)
+    draws = sample_next(logits, SamplingConfig(temperature=1.0), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)  # ~4 standard errors at n=20000
+    hot = sample_next(logits, SamplingConfig(temperature=2.0), torch.Generator().manual_seed(0))
+    flat = torch.softmax(torch.log(probs) / 2.0, -1)
+    torch.testing.assert_close(torch.bincount(hot, minlength=5).float() / len(hot), flat, atol=0.015, rtol=0)
 
 
 def test_top_p_keeps_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     cfg = SamplingConfig(temperature=1.0, top_p=0.7)
     g = torch.Generator().manual_seed(0)
-    draws = {int(sample_next(logits, cfg, g)) for _ in range(200)}
-    assert draws == {0, 1}
+    draws = sample_next(logits.expand(2000, -1), cfg, g)
+    assert set(draws.tolist()) == {0, 1}
+    assert abs((draws == 0).float().mean().item() - 0.5 / 0.8) < 0.04  # renormalised within the nucleus
     assert int(sample_next(logits, SamplingConfig(), None)) == 0

@@ -4,17 +4,24 @@ can serve AV rollouts without the NLA code knowing. Greedy output must match the
 Two implementations:
 - `hf_generate`: Hugging Face `generate` from `inputs_embeds` with a KV cache (the reference path);
 - `fast_generate` (default): every AV prompt is the same tokens up to the marker, so that shared prefix is prefilled
-  once at batch 1 and its KV cache repeated across the batch; then a lean decode loop (last-position logits only,
-  no logits-processor stack, early stop when every row has finished).
+  once at batch 1 and written once into a KV cache preallocated for the whole generation (a decode step appends in
+  place); then a lean decode loop (last-position logits only, no logits-processor stack, early stop when every row
+  has finished) with single-token attention done as two small matmuls per layer, LoRA adapters merged for the
+  duration, and inverse-CDF sampling.
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 
 @dataclass
@@ -72,22 +79,133 @@ def hf_generate(
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy at temperature 0; otherwise temperature + nucleus (top-p) sampling."""
+    """Greedy at temperature 0; otherwise temperature + nucleus (top-p) sampling, drawn by inverting the CDF with one
+    uniform per row (`torch.multinomial` draws one exponential per vocabulary entry: a quarter of a decode step on
+    CPU). The cumulative sum accumulates in float64 on CPU, so each token keeps its probability to ~1e-7."""
     if cfg.temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    weights = ((logits - logits.amax(-1, keepdim=True)) / cfg.temperature).exp_()  # unnormalised probabilities
+    order = None
     if cfg.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest set whose mass reaches top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        weights, order = weights.sort(dim=-1, descending=True)
+    cdf = weights.cumsum(-1)
+    mass = cdf[:, -1:]
+    if order is not None:  # keep the smallest set whose mass reaches top_p
+        kept = ((cdf - weights) <= cfg.top_p * mass).sum(-1, keepdim=True)
+        mass = cdf.gather(-1, kept - 1)
+    u = torch.rand(mass.shape, generator=generator, device=mass.device, dtype=mass.dtype) * mass
+    idx = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[-1] - 1)
+    return (idx if order is None else order.gather(-1, idx))[:, 0]
 
 
 def cache_kwarg(model) -> str:
     """transformers renamed `past_key_values` to `cache` (5.x); use whichever this version's forward takes."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+# ---- single-token attention ------------------------------------------------------------------------------------------
+DECODE_ATTENTION = "nlakit_decode"
+
+
+def decode_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """SDPA, except for one query token: then the query heads of each KV group attend as a [G, T] matmul. PyTorch's
+    CPU flash kernel takes ~10 ms per layer for that shape in bf16, the two matmuls ~0.5 ms. Scores and softmax are
+    float32 as inside SDPA; only the probabilities are rounded to the cache dtype for the value matmul, as there."""
+    if query.shape[2] != 1 or dropout or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    b, h, _, d = query.shape
+    groups = key.shape[1]
+    q = query.reshape(b, groups, h // groups, d).float()
+    scores = torch.matmul(q, key.float().transpose(-1, -2)) * (d**-0.5 if scaling is None else scaling)
+    if attention_mask is not None:  # [B, 1, 1, T]: broadcasts over the KV groups and their heads
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
+    return out.reshape(b, 1, h, d), None
+
+
+AttentionInterface.register(DECODE_ATTENTION, decode_attention_forward)
+AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)  # the same masks SDPA gets
+
+
+@contextmanager
+def decode_attention(model):
+    """Switch a model on SDPA to `decode_attention_forward` for the duration (training keeps SDPA)."""
+    config = model.config
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    config._attn_implementation = DECODE_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+# ---- LoRA merged for decoding ----------------------------------------------------------------------------------------
+@contextmanager
+def merged_lora(model):
+    """PEFT adapters merged into the base weights for the duration, so each linear is one matmul instead of three.
+    PEFT's safe merge writes the sum into new tensors; the originals are put back afterwards, bit for bit (an
+    unmerge alone leaves rounding in the base weights, which would build up over RL steps and break exact resume)."""
+    if not hasattr(model, "merge_adapter"):
+        yield
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.merged and not m.disable_adapters]
+    if not layers:
+        yield
+        return
+    saved = [(p, p.data) for m in layers for p in m.get_base_layer().parameters(recurse=False)]
+    with torch.no_grad():
+        model.merge_adapter(safe_merge=True)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            model.unmerge_adapter()
+            for p, data in saved:
+                p.data = data
+
+
+# ---- a KV cache sized for the whole generation -----------------------------------------------------------------------
+class _PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers sized for the whole generation: appending a token
+    writes one slot instead of concatenating (copying) the whole cache, per layer and step."""
+
+    def __init__(self, layer: DynamicLayer, batch: int, capacity: int):
+        super().__init__()
+        k, v = layer.keys, layer.values
+        self.device, self.is_initialized = k.device, True
+        self._k = k.new_empty(batch, k.shape[1], capacity, k.shape[3])
+        self._v = v.new_empty(batch, v.shape[1], capacity, v.shape[3])
+        n = k.shape[2]
+        self._k[:, :, :n], self._v[:, :, :n] = k, v  # a batch-1 prefix broadcasts over the batch
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n, m = self.keys.shape[2], key_states.shape[2]
+        if n + m > self._k.shape[2]:
+            raise RuntimeError(f"KV cache preallocated for {self._k.shape[2]} positions, asked for {n + m}")
+        self._k[:, :, n : n + m], self._v[:, :, n : n + m] = key_states, value_states
+        self.keys, self.values = self._k[:, :, : n + m], self._v[:, :, : n + m]
+        return self.keys, self.values
+
+
+def preallocate(cache, batch: int, capacity: int):
+    """Move a filled cache's plain layers into `_PreallocatedLayer`s of `batch` rows and `capacity` positions; other
+    layer kinds (sliding windows) keep their own logic."""
+    cache.layers = [
+        _PreallocatedLayer(layer, batch, capacity) if type(layer) is DynamicLayer and layer.is_initialized else layer
+        for layer in cache.layers
+    ]
+    return cache
 
 
 def fast_generate(
@@ -99,23 +217,25 @@ def fast_generate(
     pad_id: int,
     shared_prefix: int = 0,
 ) -> torch.Tensor:
-    batch = embeds.shape[0]
+    batch, prompt = embeds.shape[:2]
     generator = torch.Generator(device=embeds.device).manual_seed(cfg.seed) if cfg.seed is not None else None
     eos = torch.tensor(eos_ids, device=embeds.device)
-    if not bool(mask.all()):
+    padded = not bool(mask.all())
+    if padded or batch == 1:
         shared_prefix = 0  # padded rows differ in layout; no sharing
+    capacity = prompt + cfg.max_new_tokens
     kw = cache_kwarg(model)
-    with torch.inference_mode():
+    with merged_lora(model), decode_attention(model), torch.inference_mode():
         past = None
-        if shared_prefix > 0 and batch > 1:
-            past = model(inputs_embeds=embeds[:1, :shared_prefix], use_cache=True, logits_to_keep=1).past_key_values
-            past.batch_repeat_interleave(batch)
-        else:
-            shared_prefix = 0
+        if shared_prefix > 0:
+            out = model(inputs_embeds=embeds[:1, :shared_prefix], use_cache=True, logits_to_keep=1)
+            past = preallocate(out.past_key_values, batch, capacity)
         out = model(
             inputs_embeds=embeds[:, shared_prefix:], attention_mask=mask, use_cache=True, logits_to_keep=1, **{kw: past}
         )
-        past, attn = out.past_key_values, mask
+        past = out.past_key_values if past is not None else preallocate(out.past_key_values, batch, capacity)
+        # without padding every position is visible, and the model builds no mask for a single query
+        attn = mask if padded else None
         finished = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
         tokens = []
         for step in range(cfg.max_new_tokens):
@@ -126,8 +246,9 @@ def fast_generate(
             nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
             tokens.append(nxt)
             finished |= torch.isin(nxt, eos)
-            if bool(finished.all()):
+            if bool(finished.all()) or step == cfg.max_new_tokens - 1:
                 break
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            if padded:
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out = model(input_ids=nxt[:, None], attention_mask=attn, use_cache=True, **{kw: past})
     return torch.stack(tokens, dim=1) if tokens else torch.empty(batch, 0, dtype=torch.long)
