@@ -35,14 +35,26 @@ def _wiki() -> list[Document]:
     ]
 
 
+def _read_utf8(path: Path) -> str:
+    """The file as UTF-8 text, strictly: a bad byte is a one-line error naming the file and its byte offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NlakitError(
+            f"{path} is not valid UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} ({e.reason}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
 def _txt(path: Path) -> list[Document]:
-    blocks = [b.strip() for b in path.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n\n")]
+    blocks = [b.strip() for b in _read_utf8(path).replace("\r\n", "\n").split("\n\n")]
     return [Document(f"{path.stem}:{i}", b) for i, b in enumerate(blocks) if b]
 
 
 def _jsonl(path: Path) -> list[Document]:
     docs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(_read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

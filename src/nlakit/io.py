@@ -4,18 +4,42 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status). Elsewhere POSIX
+    can only read it by setting it, so set and restore it under a lock (other threads creating files in between
+    would otherwise briefly see a different umask)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` then rename tmp onto `path`. The temp file lives in the same folder (same filesystem)."""
+    """Call `write(tmp_path)` then rename tmp onto `path`. The temp file lives in the same folder (same filesystem).
+
+    mkstemp creates files with mode 0600; the result gets the mode a plain `open(path, "w")` would give
+    (0666 & ~umask), so shared results folders and served checkpoints stay readable to others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
