@@ -3,7 +3,10 @@
 Rooms follow the data: corpus -> extract -> explainers -> ar/av -> train -> nla -> eval/serve, with `cli` on top.
 """
 
+from nlakit import _warnings
 from nlakit.errors import NlakitError
+
+_warnings.install()  # before transformers or peft load: silence their known-harmless notices, nothing else
 
 __version__ = "0.1.0"
 __all__ = ["NlakitError", "__version__"]

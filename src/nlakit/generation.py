@@ -98,6 +98,12 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     return (idx if order is None else order.gather(-1, idx))[:, 0]
 
 
+def output_cache(out):
+    """A model output's KV cache: `cache` since transformers 5 renamed it (reading `past_key_values` logs a notice)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def cache_kwarg(model) -> str:
     """transformers renamed `past_key_values` to `cache` (5.x); use whichever this version's forward takes."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -229,11 +235,11 @@ def fast_generate(
         past = None
         if shared_prefix > 0:
             out = model(inputs_embeds=embeds[:1, :shared_prefix], use_cache=True, logits_to_keep=1)
-            past = preallocate(out.past_key_values, batch, capacity)
+            past = preallocate(output_cache(out), batch, capacity)
         out = model(
             inputs_embeds=embeds[:, shared_prefix:], attention_mask=mask, use_cache=True, logits_to_keep=1, **{kw: past}
         )
-        past = out.past_key_values if past is not None else preallocate(out.past_key_values, batch, capacity)
+        past = output_cache(out) if past is not None else preallocate(output_cache(out), batch, capacity)
         # without padding every position is visible, and the model builds no mask for a single query
         attn = mask if padded else None
         finished = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
