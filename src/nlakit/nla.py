@@ -10,6 +10,8 @@ The reference's released pair (two separate folders, full weights, actor/critic 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from nlakit.maths import cosine, fve_nrm, mse_nrm
 from nlakit.meta import META_NAME, read_yaml, write_yaml
 
 PACKAGED = Path(__file__).parent / "assets" / "nla"
+EXPLAIN_BATCH = 64  # positions per AV generation in `NLA.explain`
 
 
 def resolve_nla_path(name: str | Path) -> Path:
@@ -129,13 +132,17 @@ class NLA:
             self._target_tok = load_tokenizer(self.target)
         return self._target_tok
 
-    @torch.no_grad()
-    def activations(self, text: str) -> tuple[list[int], torch.Tensor]:
-        """Token ids of `text` (as in extraction) and the layer-K residual stream at every position [T, d]."""
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` as the NLA reads it (as in extraction), without running a model."""
         if not text.strip():
             raise NlakitError("the text is empty; give at least one word to explain")
+        return self.target_tokenizer()(text, add_special_tokens=True, truncation=True, max_length=1024)["input_ids"]
+
+    @torch.no_grad()
+    def activations(self, text: str) -> tuple[list[int], torch.Tensor]:
+        """Token ids of `text` (`tokenize`) and the layer-K residual stream at every position [T, d]."""
+        ids = self.tokenize(text)
         model = self.target_backbone()
-        ids = self.target_tokenizer()(text, add_special_tokens=True, truncation=True, max_length=1024)["input_ids"]
         cap = LayerCapture(model, [self.layer])
         try:
             model(input_ids=torch.tensor([ids], device=next(model.parameters()).device), use_cache=False)
@@ -151,10 +158,13 @@ class NLA:
         max_new_tokens: int = 120,
         temperature: float = 0.0,
         seed: int | None = None,
+        batch_size: int = EXPLAIN_BATCH,
+        progress: Callable[[int], None] | None = None,
     ) -> list[TokenExplanation]:
-        """Explain `text` token by token: read each position's activation, verbalise them all in one batched
-        generation, reconstruct each explanation and score it. Position 0 (an attention sink) is skipped unless
-        asked for."""
+        """Explain `text` token by token: read each position's activation once, verbalise them in batched
+        generations of at most `batch_size` (evenly sized: a small last batch would cost a whole decode pass), then
+        reconstruct each explanation and score it. `progress(n)` is called after each batch with the positions done.
+        Position 0 (an attention sink) is skipped unless asked for."""
         if self.av is None or self.ar is None:
             raise NlakitError("explain needs both an AV and an AR")
         ids, acts = self.activations(text)
@@ -163,13 +173,20 @@ class NLA:
         if bad:
             raise NlakitError(f"position {bad[0]} is outside the text's {len(ids)} tokens (0..{len(ids) - 1})")
         vectors = acts[positions]
-        texts = self.av.verbalize(
-            vectors,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
-            batch_size=max(1, len(positions)),
-        )
+        # even batches: 40 positions are one batch of 40, 100 are two of 50 (decode steps cost about the same for any
+        # small batch on a CPU, and the KV cache of one batch of 1,000 rows would take gigabytes)
+        size = math.ceil(len(positions) / max(1, math.ceil(len(positions) / batch_size))) if positions else 1
+        texts: list[str] = []
+        for b in range(0, len(positions), size):
+            texts += self.av.verbalize(
+                vectors[b : b + size],
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
+                batch_size=size,
+            )
+            if progress is not None:
+                progress(len(texts))
         scores = self.score(texts, vectors)
         rawvar = self.rawvar
         out = []
