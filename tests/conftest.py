@@ -122,6 +122,27 @@ def nla_dir(tiny_pairs, tmp_path_factory):
     ar_result = train_ar(sft_config(tiny_pairs, out))
     # a short AV prompt (sidecar-driven) keeps the marker within reach of a random-init model's diffuse attention
     av_result = train_av(
-        sft_config(tiny_pairs, out, lr=3e-3, max_steps=200, eval_every=100, batch_size=8, av_template=SHORT_AV_TEMPLATE)
+        sft_config(
+            tiny_pairs,
+            out,
+            lr=3e-3,
+            max_steps=200,
+            eval_every=100,
+            batch_size=8,
+            av_template=SHORT_AV_TEMPLATE,
+            eval_fve_rows=8,
+        )
     )
     return out, ar_result, av_result
+
+
+def perturb_lora(model, scale: float, match: str = "lora_", seed: int = 0):
+    """Give LoRA weights whose name contains `match` seeded random values (fresh adapters are a no-op: B is zero)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if match in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model

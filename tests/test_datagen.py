@@ -36,20 +36,34 @@ def acts(tiny_corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grounded():
-    return GroundedExplainer("tiny", seed=0, dtype="float32")
+    return GroundedExplainer("tiny", dtype="float32")
 
 
-def test_grounded_is_deterministic_and_seeded(acts, grounded):
+def test_grounded_is_a_fixed_format_of_the_context(acts, grounded):
     contexts = ds.read_table(acts, ["context"]).column("context").to_pylist()[:12]
     a, b = grounded.explain(contexts), grounded.explain(contexts)
     assert a == b
-    other = GroundedExplainer("tiny", seed=1, dtype="float32").explain(contexts)
-    assert other != a  # templates vary with the seed
-    for text in a:
-        parts = text.split("\n\n")
-        assert len(parts) == 3
+    for ctx, text in zip(contexts, a, strict=True):
+        lines = text.split("\n")
+        assert [ln.split(" ", 1)[0] for ln in lines[1:]] == ["Recent", "Current", "Predicted"], text
+        # the quote is the context's last six whole words, never a sub-word fragment
+        assert lines[1] == 'Recent words: "' + " ".join(ctx.split()[-6:]) + '".'
         n_tok = len(grounded.tok(text)["input_ids"])
-        assert 25 <= n_tok <= 110, (n_tok, text)
+        assert 20 <= n_tok <= 90, (n_tok, text)
+
+
+def test_grounded_fields():
+    from nlakit.explainers.grounded import keywords, plain_text, register_of
+
+    chat = "<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\nMix flour and"
+    assert register_of(chat) == "Chat, the assistant replying"
+    assert register_of(chat.rsplit("<|im_start|>", 1)[0]) == "Chat, the user writing"
+    assert register_of("def f(x):\n    return x") == "Source code"
+    assert register_of("The cat sat on the mat.") == "Prose"
+    assert "<|" not in plain_text(chat) and "assistant" not in plain_text(chat)
+    # rare words name the topic; frequent ones ("term", "known") do not
+    kws = keywords("The term is known for its use. Chechnya is a republic in the North Caucasus.")
+    assert "Chechnya" in kws and "term" not in kws
 
 
 def test_grounded_predictions_are_the_models_argmax(acts, grounded):

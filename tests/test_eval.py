@@ -18,10 +18,38 @@ from nlakit.eval import (
 )
 
 
-def test_edit_toward_rewrites_the_quoted_guesses():
+def test_edit_forms():
+    v2 = 'Prose about cats, milk and bowls.\nRecent words: "a bowl of".\nCurrent token: "of", a preposition.\n'
+    v2 += 'Predicted next: "milk", "water" or "cream".'
+    assert edit_toward(v2, "soup") == (
+        'Prose about soup.\nRecent words: "a bowl of".\nCurrent token: "of", a preposition.\nPredicted next: "soup".'
+    )
+    assert edit_toward(v2, "soup", "append") == v2 + " The text is about soup."
     e = 'Last token "as". The model expects "a", "the" next.'
-    assert edit_toward(e, "dog") == 'Last token "dog". The model expects "dog", "dog" next. The subject is dog.'
-    assert edit_toward("No quotes here.", "cat").endswith('expects "cat" next. The subject is cat.')
+    assert edit_toward(e, "dog") == 'Last token "dog". The model expects "dog", "dog" next.'
+    assert edit_toward("No quotes here.", "cat").endswith('expects "cat" next.')
+    with pytest.raises(NlakitError, match="edit form"):
+        edit_toward(e, "dog", "swap")
+
+
+def test_wilson_interval():
+    from nlakit.eval import wilson_interval
+
+    lo, hi = wilson_interval(6, 8)
+    assert 0.4 < lo < 0.45 and 0.95 < hi < 0.97  # 0.409..0.956 by hand
+    assert wilson_interval(0, 8)[0] == 0.0 and wilson_interval(8, 8)[1] == 1.0
+
+
+def test_steering_vector_is_a_fraction_of_h():
+    import torch
+
+    from nlakit.steer import steering_vector
+
+    h = torch.tensor([[3.0, 4.0]])  # |h| = 5
+    v = steering_vector(h, torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 3.0]]), 0.5)
+    assert torch.allclose(v, torch.tensor([[0.0, 2.5]]))  # 0.5 * 5 along delta = (0, 2)
+    with pytest.raises(NlakitError, match="same vector"):
+        steering_vector(h, h, h, 1.0)
 
 
 def test_small_helpers():
@@ -36,20 +64,25 @@ def test_small_helpers():
     assert logit_lens_text([" a", "the"]) == 'The model expects "a", "the" next.'
 
 
-def test_split_documents_match_nla_split():
-    from nlakit.corpus import load_corpus
-    from nlakit.dataset import split_doc_ids
+def test_eval_reads_the_split_the_recipe_wrote(tiny_pairs, tiny_corpus):
+    from nlakit.dataset import read_table
 
-    docs = eval_documents(EvalConfig(out="x", corpus="wiki", split="test"))
-    ids = [d.id for d in load_corpus("wiki")]
-    assert {d.id for d in docs} == split_doc_ids(ids, {"train": 0.8, "val": 0.1, "test": 0.1}, 42)["test"]
+    val_ids = set(read_table(tiny_pairs["val"], ["doc_id"]).column("doc_id").to_pylist())
+    docs = eval_documents(EvalConfig(out="x", corpus=str(tiny_corpus), docs_from=str(tiny_pairs["val"])))
+    assert {d.id for d in docs} == val_ids
+    # evaluating documents the AR/AV were trained on is refused, not reported as held out
+    with pytest.raises(NlakitError, match="in the training data"):
+        eval_documents(EvalConfig(out="x", corpus=str(tiny_corpus), train_data=str(tiny_pairs["train"])))
+    eval_documents(
+        EvalConfig(
+            out="x", corpus=str(tiny_corpus), docs_from=str(tiny_pairs["val"]), train_data=str(tiny_pairs["train"])
+        )
+    )
     with pytest.raises(NlakitError, match="exactly one"):
         eval_documents(EvalConfig(out="x"))
-    with pytest.raises(NlakitError, match="--split"):
-        eval_documents(EvalConfig(out="x", corpus="wiki", split="dev"))
 
 
-def test_eval_report(nla_dir, tiny_corpus, tmp_path):
+def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     from nlakit.nla import NLA
 
     nla = NLA.from_pretrained(nla_dir[0], dtype="float32")
@@ -59,7 +92,13 @@ def test_eval_report(nla_dir, tiny_corpus, tmp_path):
         max_positions=24,
         min_position=2,
         max_new_tokens=24,
-        steer_cases=[("The cat sat on the", "mat"), ("I like to eat", "bread")],
+        steer_cases=[
+            ("The cat sat on the", "mat"),
+            ("I like to eat", "bread"),
+            ("I saw a cat,\nIt sat on a", "mat", "cat,\n"),
+        ],
+        steer_alphas=(0.5, 1.0),
+        train_data=str(tiny_pairs["train"]),
     )
     r = run_eval(cfg, nla)
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -70,12 +109,18 @@ def test_eval_report(nla_dir, tiny_corpus, tmp_path):
     # predicting the mean scores exactly the meannorm baseline
     assert r["baselines"]["mean"]["mse_nrm"] == pytest.approx(r["meannorm"], rel=1e-4)
     assert r["baselines"]["mean"]["fve_meannorm"] == pytest.approx(0.0, abs=1e-4)
-    assert set(r["probes"]) == {"sentence_shuffle", "synonyms", "no_quotes", "word_shuffle", "other_explanation"}
+    assert set(r["probes"]) == {"sentence_shuffle", "synonyms", "unquoted", "quotes_removed", "word_shuffle"}
+    assert r["probes"]["quotes_removed"]["kind"] == "content ablation"
+    assert set(r["baselines"]) == {"mean", "shuffled_activation", "logit_lens", "context", "nearest_context"}
+    assert "nearest_training_vector" in r["oracles"] and "teacher_explanation" in r["reference_lines"]
     assert r["truncation"]["full"] == r["fve_nrm"]
     rt = r["round_trip"]
     assert all(v["kl_mean"] >= -1e-6 for v in rt.values())
     assert rt["random"]["kl_mean"] > 0
-    assert len(r["steering"]["cases"]) == 2 and all("shift" in c for c in r["steering"]["cases"])
+    sweep = r["steering"]["sweep"]
+    assert set(sweep) == {"replace@0.5", "replace@1", "append@0.5", "append@1"}
+    assert all(len(v["cases"]) == 3 and 0 <= v["wins"] <= 3 for v in sweep.values())
+    assert r["steering"]["best"] in sweep
     assert sum(v["n"] for v in r["breakdown"]["position"].values()) == 24
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "fve_nrm" in md and "Steganography" in md and "Round-trip" in md

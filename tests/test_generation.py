@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import perturb_lora
 from nlakit.av import AV
 from nlakit.generation import (
     SamplingConfig,
@@ -26,12 +27,7 @@ def lora_av() -> AV:
     from nlakit.train.loop import add_lora
 
     av = AV.from_base("tiny", layer=2, injection_scale=1.0, dtype="float32")
-    av.model = add_lora(av.model, 8, 16, task_type="CAUSAL_LM")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in av.model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    av.model = perturb_lora(add_lora(av.model, 8, 16, task_type="CAUSAL_LM"), 0.1)
     return av
 
 

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 from conftest import sft_config
 from nlakit.av import AV, extract_explanation
+from nlakit.dataset import load_pairs
 from nlakit.errors import NlakitError
 from nlakit.maths import meannorm_baseline
 from nlakit.nla import NLA
 from nlakit.train.config import SFTConfig, load_config
-from nlakit.train.sft import load_pairs
 from nlakit.train.sft_ar import train_ar
 
 
@@ -33,6 +33,9 @@ def test_av_sft_learns_and_reads_the_vector(nla_dir):
     rows = [json.loads(ln) for ln in (out / "train_av" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
     assert result["val_gap"] > 0.05, result  # real vectors explain the text better than shuffled (measured 0.15)
+    # the AR trained first scores the AV's own explanations and the teacher's on the same rows
+    assert {"val_fve_nrm", "val_teacher_fve_nrm", "val_av_over_teacher"} <= result.keys()
+    assert result["val_av_over_teacher"] == pytest.approx(result["val_fve_nrm"] / result["val_teacher_fve_nrm"])
 
 
 def test_nla_folder_loads_and_runs(nla_dir, tiny_pairs):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import perturb_lora
 from nlakit.corpus import load_corpus
 from nlakit.models import load_causal_lm, load_tokenizer, model_info
 
@@ -26,12 +27,10 @@ def test_smollm2_loads_with_sane_wiki_loss():
     assert 2.5 < loss < 3.8, loss  # measured 3.09 on 64 docs x 64 tokens (CPU_FACTS §2)
 
 
-def test_fast_generation_matches_hf_on_smollm2():
-    """Greedy decoding through the shared-prefix fast path equals plain HF generate token for token (fp32)."""
-    from nlakit.av import AV
+def _assert_fast_equals_hf(av) -> None:
+    """Greedy ids from the fast path and from plain HF generate agree over their common length."""
     from nlakit.generation import SamplingConfig, fast_generate, hf_generate
 
-    av = AV.from_base("smollm2-135m", layer=20, injection_scale=250.0, dtype="float32")
     vectors = torch.randn(4, 576, generator=torch.Generator().manual_seed(0)) * 200
     cfg = SamplingConfig(max_new_tokens=24)
     av.generator = fast_generate
@@ -40,31 +39,25 @@ def test_fast_generation_matches_hf_on_smollm2():
     ref = av.generate_ids(vectors, cfg)
     width = min(fast.shape[1], ref.shape[1])
     assert torch.equal(fast[:, :width], ref[:, :width])
+
+
+def test_fast_generation_matches_hf_on_smollm2():
+    """Greedy decoding through the shared-prefix fast path equals plain HF generate token for token (fp32)."""
+    from nlakit.av import AV
+
+    _assert_fast_equals_hf(AV.from_base("smollm2-135m", layer=20, injection_scale=250.0, dtype="float32"))
 
 
 def test_fast_generation_with_merged_lora_matches_hf_on_smollm2():
     """The same under LoRA r=32 on every linear (as in RL): the fast path decodes with the adapters merged, plain HF
     generate runs them unmerged; both greedy outputs agree, and the weights are bit-identical afterwards."""
     from nlakit.av import AV
-    from nlakit.generation import SamplingConfig, fast_generate, hf_generate
     from nlakit.train.loop import add_lora
 
     av = AV.from_base("smollm2-135m", layer=20, injection_scale=250.0, dtype="float32")
-    av.model = add_lora(av.model, 32, 64, task_type="CAUSAL_LM")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in av.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 1e-3)
+    av.model = perturb_lora(add_lora(av.model, 32, 64, task_type="CAUSAL_LM"), 1e-3, match="lora_B")
     before = {n: p.detach().clone() for n, p in av.model.named_parameters()}
-    vectors = torch.randn(4, 576, generator=torch.Generator().manual_seed(0)) * 200
-    cfg = SamplingConfig(max_new_tokens=24)
-    av.generator = fast_generate
-    fast = av.generate_ids(vectors, cfg)
-    av.generator = hf_generate
-    ref = av.generate_ids(vectors, cfg)
-    width = min(fast.shape[1], ref.shape[1])
-    assert torch.equal(fast[:, :width], ref[:, :width])
+    _assert_fast_equals_hf(av)
     assert all(torch.equal(p, before[n]) for n, p in av.model.named_parameters())
 
 
@@ -98,8 +91,8 @@ def test_ar_sft_on_smollm2_improves_fve(tmp_path):
     )
     result = train_ar(cfg)
     from nlakit.ar import AR
+    from nlakit.dataset import load_pairs
     from nlakit.maths import fve_nrm, mse_nrm
-    from nlakit.train.sft import load_pairs
 
     val = load_pairs(cfg.val_data, "explanation")
     fresh = AR.from_base("smollm2-135m", AR.from_pretrained(tmp_path / "n" / "ar").meta)

@@ -12,16 +12,9 @@ from safetensors.torch import load_file, save_file
 from nlakit.errors import NlakitError
 from nlakit.maths import mse_nrm
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
-from nlakit.models import load_backbone, load_config, load_tokenizer
+from nlakit.models import final_norm_to_identity, load_backbone, load_config, load_tokenizer, model_device
 
 VALUE_HEAD = "value_head.safetensors"
-
-
-def _final_norm_to_identity(backbone) -> None:
-    for name in ("norm", "final_layernorm", "ln_f"):
-        if isinstance(getattr(backbone, name, None), torch.nn.Module):
-            setattr(backbone, name, torch.nn.Identity())
-            return
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -49,7 +42,7 @@ class AR(torch.nn.Module):
     def from_base(cls, base: str, meta: ModelMeta, *, device: str = "cpu", dtype="auto") -> AR:
         """A fresh AR: truncated base, identity value head (so step 0 predicts the backbone's own layer-K state)."""
         backbone = load_backbone(base, num_layers=meta.extraction_layer_index + 1, device=device, dtype=dtype)
-        _final_norm_to_identity(backbone)
+        final_norm_to_identity(backbone)
         d_ar = backbone.config.hidden_size
         head = torch.nn.Linear(d_ar, meta.d_model, bias=False).to(device)
         with torch.no_grad():
@@ -77,11 +70,16 @@ class AR(torch.nn.Module):
             raise NlakitError(
                 f"explanation {i} is {int(lengths[i])} tokens with the AR template (limit {max_length}); shorten it"
             )
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        dev = model_device(self.backbone)  # the first device when a device_map spreads the backbone
+        return enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+
+    def fits(self, explanations: list[str], max_tokens: int) -> torch.Tensor:
+        """[n] bool: which explanations, inside the AR template, are at most `max_tokens` AR tokens long."""
+        return torch.tensor([len(ids) <= max_tokens for ids in self.tok(self.prompts(explanations))["input_ids"]])
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        last = h[torch.arange(h.shape[0], device=h.device), last_token_index(mask)]
+        last = h[torch.arange(h.shape[0], device=h.device), last_token_index(mask.to(h.device))].to(self.device)
         return self.value_head(last.to(self.value_head.weight.dtype)).float()
 
     def loss(self, explanations: list[str], gold: torch.Tensor) -> torch.Tensor:
@@ -113,10 +111,23 @@ class AR(torch.nn.Module):
         write_model_meta(path, self.meta)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype="auto", trainable: bool = False) -> AR:
-        """Load an AR folder: LoRA adapters over the truncated base, or full K+1-layer weights (ours or reference)."""
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        dtype="auto",
+        trainable: bool = False,
+        base: str | Path | None = None,
+        device_map: str | dict | None = None,
+    ) -> AR:
+        """Load an AR folder: LoRA adapters over the truncated base, or full K+1-layer weights (ours or reference).
+        `base` replaces the sidecar's base model with a local folder (for adapters); `device_map` as in AV."""
         path = Path(path)
+        if not path.is_dir():
+            raise NlakitError(f"no AR folder at {path}")
         meta = read_model_meta(path)
+        base = str(base) if base else meta.base_checkpoint
         if meta.role != "ar":
             raise NlakitError(f"{path} holds an {meta.role.upper()} checkpoint, not an AR")
         if meta.mse_scale is None:
@@ -127,7 +138,7 @@ class AR(torch.nn.Module):
         if (path / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            backbone = load_backbone(meta.base_checkpoint, num_layers=n, device=device, dtype=dtype)
+            backbone = load_backbone(base, num_layers=n, device=device, dtype=dtype, device_map=device_map)
             backbone = PeftModel.from_pretrained(backbone, path, is_trainable=trainable)
             if not trainable:
                 backbone = backbone.merge_and_unload()
@@ -138,13 +149,13 @@ class AR(torch.nn.Module):
                     f"{path}/config.json has {stored} layers but the sidecar's K={n - 1} needs K+1={n}; "
                     "the checkpoint and its sidecar disagree"
                 )
-            backbone = load_backbone(path, device=device, dtype=dtype)
-        _final_norm_to_identity(backbone.base_model.model if hasattr(backbone, "peft_config") else backbone)
+            backbone = load_backbone(path, device=device, dtype=dtype, device_map=device_map)
+        final_norm_to_identity(backbone.base_model.model if hasattr(backbone, "peft_config") else backbone)
         w = load_file(path / VALUE_HEAD)["weight"]
         head = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
         with torch.no_grad():
             head.weight.copy_(w)
-        tok_src = path if (path / "tokenizer_config.json").is_file() else meta.base_checkpoint
+        tok_src = path if (path / "tokenizer_config.json").is_file() else base
         ar = cls(backbone, load_tokenizer(tok_src), meta, head.to(device))
         ar.train(trainable)
         return ar

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from nlakit.batch import right_pad
 from nlakit.errors import NlakitError
 from nlakit.generation import Generator, SamplingConfig, fast_generate
 from nlakit.injection import check_tokens, check_vectors, find_marker, inject, marker_positions, render_av_prompt
@@ -46,6 +48,29 @@ def stop_ids(model, tokenizer) -> list[int]:
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in TURN_CLOSE if t in vocab)
     return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
+
+
+@dataclass
+class Rollout:
+    """Sampled explanations, packed as prompt + response (`ids`, `mask`, `labels` with -100 outside the response).
+    `ok`: the sample closed its tags, stopped before the cap and is not empty; anything else is a failed sample."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    explanations: list[str]
+    ok: torch.Tensor
+    prompt_len: int
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[B, T-P]: which positions after the prompt hold response tokens."""
+        return self.labels[:, self.prompt_len :] != -100
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Response tokens per sample, the stop token included."""
+        return self.valid.sum(1).cpu()
 
 
 class AV:
@@ -104,15 +129,14 @@ class AV:
     def response_ids(self, explanation: str) -> list[int]:
         """Token ids of the assistant turn for `explanation`, closing tokens included (so the AV learns to stop)."""
         prompt_text = self.tok.decode(self.prompt_ids)
-        if getattr(self.tok, "chat_template", None):
-            content = self.meta.av_template.format(injection_char=self.meta.tokens.injection_char)
-            msgs = [
-                {"role": "user", "content": content},
-                {"role": "assistant", "content": wrap_explanation(explanation)},
-            ]
-            full = self.tok.apply_chat_template(msgs, tokenize=False)
-            if full.startswith(prompt_text):
-                return self.tok.encode(full[len(prompt_text) :], add_special_tokens=False)
+        content = self.meta.av_template.format(injection_char=self.meta.tokens.injection_char)
+        msgs = [
+            {"role": "user", "content": content},
+            {"role": "assistant", "content": wrap_explanation(explanation)},
+        ]
+        full = self.tok.apply_chat_template(msgs, tokenize=False)
+        if full.startswith(prompt_text):
+            return self.tok.encode(full[len(prompt_text) :], add_special_tokens=False)
         return self.tok.encode(wrap_explanation(explanation), add_special_tokens=False) + self.eos_ids[:1]
 
     def embed(self, ids: torch.Tensor, mask: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -153,13 +177,15 @@ class AV:
         self,
         vectors,
         *,
-        max_new_tokens: int = 150,
+        max_new_tokens: int | None = None,
         temperature: float = 0.0,
         seed: int | None = None,
         batch_size: int = 32,
         raw: bool = False,
     ) -> list[str]:
-        """Explanations for a batch of raw activation vectors [n, d] (rescaled internally)."""
+        """Explanations for a batch of raw activation vectors [n, d] (rescaled internally). `max_new_tokens` defaults
+        to the cap the AV was trained under (`ModelMeta.max_new_tokens`)."""
+        max_new_tokens = max_new_tokens or self.meta.max_new_tokens
         vectors = torch.as_tensor(vectors, dtype=torch.float32)
         if vectors.ndim == 1:
             vectors = vectors[None]
@@ -185,16 +211,21 @@ class AV:
             responses.append(row[: ends[0] + 1] if ends else row)
         return self._pack(responses)
 
+    def rollout(self, vectors: torch.Tensor, cfg: SamplingConfig) -> Rollout:
+        """Sample one explanation per vector and pack it for scoring: the first phase of an RL step."""
+        generated = self.generate_ids(vectors, cfg)
+        texts = self.tok.batch_decode(generated, skip_special_tokens=True)
+        ids, mask, labels = self.rollout_batch(generated)
+        stopped = torch.tensor([any(t in self.eos_ids for t in row) for row in generated.tolist()])
+        parsed = [extract_explanation(t) for t in texts]
+        ok = torch.tensor([complete and bool(e) for e, complete in parsed]) & stopped
+        return Rollout(ids, mask, labels, [e for e, _ in parsed], ok, len(self.prompt_ids))
+
     def _pack(self, responses: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p = self.prompt_ids
-        width = len(p) + max(len(r) for r in responses)
-        ids = torch.full((len(responses), width), self.tok.pad_token_id, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(responses):
-            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-            labels[i, len(p) : len(p) + len(r)] = torch.tensor(r)
-            mask[i, : len(p) + len(r)] = 1
+        ids, mask = right_pad([p + r for r in responses], self.tok.pad_token_id)
+        labels = torch.where(mask.bool(), ids, -100)
+        labels[:, : len(p)] = -100  # the loss reads the response only
         return ids.to(self.device), mask.to(self.device), labels.to(self.device)
 
     def token_logprobs(
@@ -217,11 +248,13 @@ class AV:
         )
         target = labels[:, p:]
         valid = target != -100
-        logp_all = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-        logp = logp_all.gather(-1, target.clamp_min(0)[..., None])[..., 0] * valid
+        logits = out.logits[:, :-1].float()
+        # logit - logsumexp: no [B, T, vocab] log-softmax copy is kept for backward (the largest tensor of a step)
+        logp = (logits.gather(-1, target.clamp_min(0)[..., None])[..., 0] - torch.logsumexp(logits, -1)) * valid
         if not with_entropy:
             return logp
-        entropy = -(logp_all.exp() * logp_all).sum(-1) * valid
+        with torch.no_grad():  # a logged statistic: row by row, never part of the graph
+            entropy = torch.stack([torch.distributions.Categorical(logits=row).entropy() for row in logits]) * valid
         return logp, entropy
 
     def sft_loss(self, vectors: torch.Tensor, explanations: list[str]) -> torch.Tensor:
@@ -243,27 +276,44 @@ class AV:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device: str = "cpu", dtype: str | torch.dtype | None = "auto", trainable: bool = False
+        cls,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = "auto",
+        trainable: bool = False,
+        base: str | Path | None = None,
+        injection_scale: float | None = None,
+        device_map: str | dict | None = None,
     ) -> AV:
-        """Load an AV folder: LoRA adapters over the sidecar's base, or full weights (ours or the reference's)."""
+        """Load an AV folder: LoRA adapters over the sidecar's base, or full weights (ours or the reference's).
+
+        `base` replaces the sidecar's base model (a Hub id in released sidecars) with a local folder;
+        `injection_scale` overrides the sidecar's (the AV learned one scale: only for sidecars that lack it or are
+        wrong); `device_map` places a big model across devices through accelerate."""
         path = Path(path)
+        if not path.is_dir():
+            raise NlakitError(f"no AV folder at {path}")
         meta = read_model_meta(path)
         if meta.role != "av":
             raise NlakitError(f"{path} holds an {meta.role.upper()} checkpoint, not an AV")
+        if injection_scale is not None:
+            meta.injection_scale = float(injection_scale)
+        base = str(base) if base else meta.base_checkpoint
         tok = (
             load_tokenizer(path, padding_side="right")
             if (path / "tokenizer_config.json").is_file()
-            else load_tokenizer(meta.base_checkpoint)
+            else load_tokenizer(base)
         )
         if (path / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            base = load_causal_lm(meta.base_checkpoint, device=device, dtype=dtype)
-            model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
+            base_model = load_causal_lm(base, device=device, dtype=dtype, device_map=device_map)
+            model = PeftModel.from_pretrained(base_model, path, is_trainable=trainable)
             if not trainable:
                 model = model.merge_and_unload()  # plain weights decode faster
         else:
-            model = load_causal_lm(path, device=device, dtype=dtype)
+            model = load_causal_lm(path, device=device, dtype=dtype, device_map=device_map)
         proj = None
         if (path / INPUT_PROJ).is_file():
             state = load_file(path / INPUT_PROJ)

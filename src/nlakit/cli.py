@@ -1,19 +1,126 @@
-"""The `nla` command: a thin layer that parses options, calls the Python API and prints. No logic of its own."""
+"""The `nla` command: a thin layer that parses options, calls the Python API and prints. No logic of its own.
+
+Every usage mistake and every bad input file ends in one `error: ...` line on stderr and exit status 2 (`main`);
+inputs are checked before any model loads, so a typo costs milliseconds, not a model load.
+"""
 
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nlakit.errors import NlakitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Natural Language Autoencoders for HF causal LMs.")
+DEFAULT_NLA = "smollm2-135m-L20"  # the NLA shipped inside the package
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Natural Language Autoencoders for HF causal LMs.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,  # a real bug keeps Python's plain traceback; bad input never reaches it
+)
 console = Console()
+err_console = Console(stderr=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from nlakit import __version__
+
+        typer.echo(f"nlakit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Natural Language Autoencoders for HF causal LMs: extract, datagen, split, train, explain, eval, serve."""
+
+
+# ---- options shared by the commands that load a model: defined once, so they mean the same everywhere ----------------
+# The defaults pass without importing torch, so that a usage mistake is reported in a fraction of a second.
+def _check_dtype(value: str) -> str:
+    if value.lower() != "auto":  # `auto` is resolved (and may be probed) when the model loads
+        from nlakit.models import resolve_dtype
+
+        try:
+            resolve_dtype(value)
+        except NlakitError as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
+def _check_device(value: str) -> str:
+    if value == "cpu":
+        return value
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise typer.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available on this machine; use --device cpu")
+    return value
+
+
+NlaOpt = Annotated[str, typer.Option("--nla", help="NLA folder (av/ + ar/) or a shipped name.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.", callback=_check_device)]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="Compute dtype: auto, float32, bfloat16 or float16 (auto: bf16 on CUDA and where the CPU runs it faster).",
+        callback=_check_dtype,
+    ),
+]
+MaxNewTokensOpt = Annotated[int, typer.Option(min=1, help="Longest explanation, in tokens.")]
+TemperatureOpt = Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy (deterministic).")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+
+# A released NLA is two folders (AV, AR) whose sidecars name a Hub id as the target: these map it to local folders.
+AvOpt = Annotated[str | None, typer.Option("--av", help="AV folder (e.g. a released NLA's); overrides --nla's.")]
+ArOpt = Annotated[str | None, typer.Option("--ar", help="AR folder (e.g. a released NLA's); overrides --nla's.")]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option("--target", help="Local folder of the target model (released sidecars name a Hub id)."),
+]
+LayerOpt = Annotated[int | None, typer.Option("--layer", min=0, help="K, for an AV sidecar that records none.")]
+InjectionScaleOpt = Annotated[
+    float | None, typer.Option("--injection-scale", min=0.0, help="Override the AV sidecar's injection_scale.")
+]
+RawvarOpt = Annotated[
+    float | None, typer.Option("--rawvar", min=0.0, help="FVE denominator when the AR sidecar records none.")
+]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Activations dataset to compute the FVE denominator (rawvar) from.")
+]
+DeviceMapOpt = Annotated[
+    str | None, typer.Option("--device-map", help="accelerate device_map (auto, cpu) for models too big for a device.")
+]
+NewTokensOpt = Annotated[
+    int | None, typer.Option(min=1, help="Longest explanation, in tokens (default: the AV's training cap, else 200).")
+]
+
+
+def _released(av, ar, target, layer=None, injection_scale=None, rawvar=None, data=None, device_map=None) -> dict:
+    """NLA.from_pretrained keywords for the released-NLA options (rawvar from --data is computed here)."""
+    if rawvar is None and data is not None:
+        from nlakit.nla import rawvar_from_data
+
+        rawvar = rawvar_from_data(data)
+    kw = dict(av=av, ar=ar, target=target, layer=layer, injection_scale=injection_scale, rawvar=rawvar)
+    return {k: v for k, v in {**kw, "device_map": device_map}.items() if v is not None}
 
 
 def _layers(spec: str) -> list[int]:
@@ -31,14 +138,14 @@ def extract(
     ],
     corpus: Annotated[str, typer.Option(help="wiki, a .txt/.jsonl/.parquet file, or hf:NAME.")],
     out: Annotated[Path, typer.Option(help="Output folder (one subfolder per layer when several are given).")],
-    positions_per_doc: int = 5,
-    min_position: Annotated[int, typer.Option(help="Earliest token index sampled (0 is never used).")] = 16,
-    max_tokens: Annotated[int, typer.Option(help="Documents are truncated to this many tokens.")] = 256,
-    max_docs: Annotated[int | None, typer.Option(help="Use only the first N documents.")] = None,
-    seed: int = 0,
-    dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
-    device: str = "cpu",
-    batch_size: int = 16,
+    positions_per_doc: Annotated[int, typer.Option(min=1, help="Token positions sampled per document.")] = 5,
+    min_position: Annotated[int, typer.Option(min=1, help="Earliest token index sampled (0 is never used).")] = 16,
+    max_tokens: Annotated[int, typer.Option(min=2, help="Documents are truncated to this many tokens.")] = 256,
+    max_docs: Annotated[int | None, typer.Option(min=1, help="Use only the first N documents.")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the position sampling (keyed per document).")] = 0,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 16,
 ) -> None:
     """Extract residual-stream activations to parquet + nla_meta.yaml (resumes if interrupted)."""
     from nlakit.extract import ExtractConfig
@@ -66,11 +173,40 @@ def extract(
 
 
 @app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output .jsonl corpus (id, text, register, prompt).")],
+    registers: Annotated[
+        str, typer.Option(help="Comma-separated: chat, fiction, news, reviews, instructions, code.")
+    ] = "chat,fiction,news,reviews,instructions,code",
+    model: Annotated[str, typer.Option(help="The target that writes the generated registers.")] = "smollm2-135m",
+    docs_per_register: Annotated[int, typer.Option(help="Documents per register.")] = 240,
+    seed: Annotated[int, typer.Option(help="Seeds prompts and sampling.")] = 0,
+    dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
+) -> None:
+    """Write an offline corpus in other registers (chat in the target's template, fiction, code, ...)."""
+    from nlakit.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(
+        out=out,
+        model=model,
+        registers=tuple(r.strip() for r in registers.split(",") if r.strip()),
+        docs_per_register=docs_per_register,
+        seed=seed,
+        dtype=dtype,
+    )
+    for register, n in synthesize(cfg).items():
+        console.print(f"{register}: {n} documents")
+    console.print(f"-> {out}")
+
+
+@app.command()
 def split(
-    src: Annotated[Path, typer.Argument(help="Activations dataset folder.")],
+    src: Annotated[
+        list[Path], typer.Argument(help="Activations dataset folder(s); several are split together.", exists=True)
+    ],
     out: Annotated[Path, typer.Option(help="Folder for train/, val/, test/.")],
     fractions: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
-    seed: int = 42,
+    seed: Annotated[int, typer.Option(help="Seeds which documents go to which split.")] = 42,
 ) -> None:
     """Seeded document-level train/val/test split."""
     from nlakit.dataset import split as run
@@ -88,14 +224,13 @@ def split(
 
 @app.command()
 def datagen(
-    src: Annotated[Path, typer.Argument(help="Activations dataset folder (from `nla extract`).")],
+    src: Annotated[Path, typer.Argument(help="Activations dataset folder (from `nla extract`).", exists=True)],
     out: Annotated[Path, typer.Option(help="Output dataset folder (source + explanation column).")],
     provider: Annotated[str, typer.Option(help="grounded (offline), openai or anthropic.")] = "grounded",
     model: Annotated[str | None, typer.Option(help="grounded: the target model; API: the chat model.")] = None,
     base_url: Annotated[str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
     concurrency: Annotated[int, typer.Option(help="API: requests in flight.")] = 8,
-    seed: Annotated[int, typer.Option(help="grounded: template seed.")] = 0,
     max_rows: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
 ) -> None:
     """Add warm-start explanations (resumable, cached by context hash)."""
@@ -104,7 +239,7 @@ def datagen(
     from nlakit.meta import read_dataset_meta
 
     if provider == "grounded":
-        options = {"model": model or read_dataset_meta(src).extraction.base_model, "seed": seed}
+        options = {"model": model or read_dataset_meta(src).extraction.base_model}
     else:
         options = {k: v for k, v in {"model": model, "base_url": base_url, "api_key_env": api_key_env}.items() if v}
         options["concurrency"] = concurrency
@@ -122,7 +257,9 @@ _OVERRIDES = typer.Argument(help="Config overrides such as lr=1e-4 max_steps=200
 
 @train_app.command("ar")
 def train_ar_cmd(
-    config: Annotated[Path | None, typer.Option(help="YAML config (SFTConfig fields).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config (SFTConfig fields).", exists=True, dir_okay=False)
+    ] = None,
     overrides: Annotated[list[str] | None, _OVERRIDES] = None,
 ) -> None:
     """AR SFT: explanation -> activation, MSE at the last token. Resumes from out/train_ar/checkpoints."""
@@ -135,7 +272,9 @@ def train_ar_cmd(
 
 @train_app.command("av")
 def train_av_cmd(
-    config: Annotated[Path | None, typer.Option(help="YAML config (SFTConfig fields).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config (SFTConfig fields).", exists=True, dir_okay=False)
+    ] = None,
     overrides: Annotated[list[str] | None, _OVERRIDES] = None,
 ) -> None:
     """AV SFT: injected activation -> explanation, response NLL. Resumes from out/train_av/checkpoints."""
@@ -148,7 +287,9 @@ def train_av_cmd(
 
 @train_app.command("rl")
 def train_rl_cmd(
-    config: Annotated[Path | None, typer.Option(help="YAML config (RLConfig fields).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config (RLConfig fields).", exists=True, dir_okay=False)
+    ] = None,
     overrides: Annotated[list[str] | None, _OVERRIDES] = None,
 ) -> None:
     """Joint RL: GRPO for the AV with the live AR's reward, AR trained on the fresh explanations. Resumes."""
@@ -159,14 +300,51 @@ def train_rl_cmd(
     console.print({k: round(v, 4) for k, v in result.items()})
 
 
-_NLA_OPT = typer.Option("--nla", help="NLA folder (av/ + ar/) or a shipped name.")
-
-
-def _positions(text: str) -> list[int]:
+def _positions(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
     try:
-        return [int(p) for p in text.split(",") if p.strip()]
+        chosen = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise NlakitError(f"--positions {text!r} must be comma-separated integers") from None
+    if not chosen:
+        raise NlakitError("--positions is empty; give token positions such as 3,4,5 or leave it out")
+    return chosen
+
+
+def _require_text(text: str, what: str) -> str:
+    """Checked here, before a model loads: the same check inside the library would come after seconds of loading."""
+    if not text.strip():
+        raise NlakitError(f"the {what} is empty; give at least one word")
+    return text
+
+
+def _load(nla: str | None, device: str, dtype: str, **released):
+    from nlakit.nla import NLA
+
+    if nla is None and not (released.get("av") or released.get("ar")):
+        nla = DEFAULT_NLA
+    return NLA.from_pretrained(nla, device=device, dtype=dtype, **released)
+
+
+def _explain(model, text: str, positions: list[int] | None, max_new_tokens: int | None, temperature: float) -> list:
+    """`NLA.explain` with a progress bar, after a notice on stderr if the text is longer than the NLA reads."""
+    from nlakit.progress import progress_bar
+
+    ids = model.tokenize(text)
+    full = len(model.target_tokenizer()(text, add_special_tokens=True, verbose=False)["input_ids"])
+    if full > len(ids):
+        err_console.print(f"note: the text has {full} tokens; only the first {len(ids)} are read and explained")
+    chosen = list(range(1 if len(ids) > 1 else 0, len(ids))) if positions is None else positions
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        bar.advance(n - done)
+        done = n
+
+    with progress_bar("explaining", total=len(chosen)) as bar:
+        return model.explain(text, chosen, max_new_tokens=max_new_tokens, temperature=temperature, progress=advance)
 
 
 def _print_explanations(model, rows) -> None:
@@ -179,24 +357,43 @@ def _print_explanations(model, rows) -> None:
     console.print(table)
 
 
+# explain and demo explain the same positions by default: every token but 0 (an attention sink whose activation
+# carries no meaning of its own), as `NLA.explain` and the web viewer do.
+PositionsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated token positions (default: every token but 0, the attention sink).")
+]
+
+
 @app.command()
 def explain(
     text: Annotated[str, typer.Argument(help="The text to explain, token by token.")],
-    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
-    positions: Annotated[str | None, typer.Option(help="Comma-separated token positions (default: all but 0).")] = None,
-    max_new_tokens: int = 120,
+    nla: Annotated[
+        str | None, typer.Option("--nla", help=f"NLA folder or shipped name (default {DEFAULT_NLA}).")
+    ] = None,
+    positions: PositionsOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
-    dtype: str = "auto",
-    device: str = "cpu",
+    max_new_tokens: NewTokensOpt = None,
+    temperature: TemperatureOpt = 0.0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    av: AvOpt = None,
+    ar: ArOpt = None,
+    target: TargetOpt = None,
+    layer: LayerOpt = None,
+    injection_scale: InjectionScaleOpt = None,
+    rawvar: RawvarOpt = None,
+    data: DataOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Per-token explanations of TEXT with reconstruction fidelity (cos, fve_nrm)."""
     import json
 
     from nlakit.io import atomic_write_text
-    from nlakit.nla import NLA
 
-    model = NLA.from_pretrained(nla, device=device, dtype=dtype)
-    rows = model.explain(text, _positions(positions) if positions else None, max_new_tokens=max_new_tokens)
+    _require_text(text, "text")
+    chosen = _positions(positions)
+    model = _load(nla, device, dtype, **_released(av, ar, target, layer, injection_scale, rawvar, data, device_map))
+    rows = _explain(model, text, chosen, max_new_tokens, temperature)
     _print_explanations(model, rows)
     if json_out:
         payload = {"text": text, "target": model.target, "layer": model.layer, "tokens": [r.to_dict() for r in rows]}
@@ -206,20 +403,20 @@ def explain(
 
 @app.command()
 def verbalize(
-    dataset: Annotated[Path, typer.Argument(help="Activations dataset folder (or a reference parquet).")],
-    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
-    n: Annotated[int, typer.Option(help="How many rows, from the start.")] = 3,
-    temperature: float = 0.0,
-    max_new_tokens: int = 120,
+    dataset: Annotated[Path, typer.Argument(help="Activations dataset folder (or a reference parquet).", exists=True)],
+    nla: NlaOpt = DEFAULT_NLA,
+    n: Annotated[int, typer.Option(min=1, help="How many rows, from the start.")] = 3,
+    max_new_tokens: MaxNewTokensOpt = 120,
+    temperature: TemperatureOpt = 0.0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Explanations for activation vectors read from a dataset."""
     from nlakit import dataset as ds
-    from nlakit.nla import NLA
 
-    table = ds.read_table(dataset).slice(0, n)
+    table = ds.read_table(dataset).slice(0, n)  # read (and checked) before the models load
     vectors = ds.vectors_of(table)
-    model = NLA.from_pretrained(nla)
-    texts = model.verbalize(vectors, temperature=temperature, max_new_tokens=max_new_tokens)
+    texts = _load(nla, device, dtype).verbalize(vectors, temperature=temperature, max_new_tokens=max_new_tokens)
     contexts = table.column("context").to_pylist() if "context" in table.column_names else [""] * len(texts)
     for ctx, vec, text in zip(contexts, vectors, texts, strict=True):
         console.print(f"[bold]context[/] …{ctx[-80:]!r}  ‖v‖={float((vec**2).sum() ** 0.5):.1f}\n{text}\n")
@@ -228,15 +425,16 @@ def verbalize(
 @app.command()
 def reconstruct(
     text: Annotated[str, typer.Argument(help="An explanation to reconstruct.")],
-    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
+    nla: NlaOpt = DEFAULT_NLA,
     out: Annotated[Path | None, typer.Option(help="Save the vector as .npy.")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """The AR's reconstruction of one explanation (prints its norm and first values; --out saves it)."""
     import numpy as np
 
-    from nlakit.nla import NLA
-
-    vec = NLA.from_pretrained(nla).reconstruct(text)[0].numpy()
+    _require_text(text, "explanation")
+    vec = _load(nla, device, dtype).reconstruct(text)[0].float().numpy()
     console.print(f"d={vec.shape[0]} norm={np.linalg.norm(vec):.2f} first values: {np.round(vec[:6], 3).tolist()}")
     if out:
         np.save(out, vec)
@@ -246,28 +444,42 @@ def reconstruct(
 @app.command("eval")
 def eval_cmd(
     out: Annotated[Path, typer.Option(help="Folder for report.json, report.md and the PNG plots.")],
-    nla: Annotated[str | None, _NLA_OPT] = None,
+    nla: Annotated[
+        str | None, typer.Option("--nla", help=f"NLA folder or shipped name (default {DEFAULT_NLA}).")
+    ] = None,
     av: Annotated[str | None, typer.Option(help="AV folder (e.g. a reference checkpoint); overrides --nla's.")] = None,
     ar: Annotated[str | None, typer.Option(help="AR folder (e.g. a reference checkpoint); overrides --nla's.")] = None,
-    texts: Annotated[Path | None, typer.Option(help=".txt (blank-line separated) or .jsonl with a text field.")] = None,
-    corpus: Annotated[str | None, typer.Option(help="Corpus name (wiki) or file.")] = None,
-    split: Annotated[
-        str | None, typer.Option(help="train/val/test: that split of --corpus, cut as `nla split`.")
+    texts: Annotated[
+        Path | None, typer.Option(help=".txt (blank-line separated) or .jsonl with a text field.", exists=True)
     ] = None,
-    split_seed: int = 42,
-    train_data: Annotated[Path | None, typer.Option(help="Activations for the nearest-neighbour baseline.")] = None,
-    max_positions: int = 256,
-    positions_per_doc: int = 3,
-    seed: int = 0,
-    steer_alpha: float = 1.0,
-    dtype: str = "auto",
-    device: str = "cpu",
+    corpus: Annotated[str | None, typer.Option(help="Corpus name (wiki) or file.")] = None,
+    docs_from: Annotated[
+        Path | None, typer.Option(help="Evaluate exactly the documents of this dataset (e.g. a split's test/).")
+    ] = None,
+    train_data: Annotated[
+        Path | None, typer.Option(help="Training activations: retrieval baseline, oracle, and a no-overlap check.")
+    ] = None,
+    max_positions: Annotated[int, typer.Option(min=1, help="Positions scored in all.")] = 256,
+    positions_per_doc: Annotated[int, typer.Option(min=1, help="Positions sampled per document.")] = 3,
+    seed: SeedOpt = 0,
+    steer_alphas: Annotated[
+        str, typer.Option(help="Steering strengths to sweep, as fractions of |h| (comma-separated).")
+    ] = "0.25,0.5,1,2",
+    max_new_tokens: MaxNewTokensOpt = 120,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    target: TargetOpt = None,
+    layer: LayerOpt = None,
+    injection_scale: InjectionScaleOpt = None,
+    rawvar: RawvarOpt = None,
+    data: DataOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Fidelity, baselines, steganography probes and causal checks for an NLA on held-out text."""
     from nlakit.eval import EvalConfig, run_eval
 
     if nla is None and not (av or ar):
-        nla = "smollm2-135m-L20"
+        nla = DEFAULT_NLA
     cfg = EvalConfig(
         out=str(out),
         nla=nla,
@@ -275,15 +487,16 @@ def eval_cmd(
         ar=ar,
         texts=str(texts) if texts else None,
         corpus=corpus,
-        split=split,
-        split_seed=split_seed,
+        docs_from=str(docs_from) if docs_from else None,
         train_data=str(train_data) if train_data else None,
         max_positions=max_positions,
         positions_per_doc=positions_per_doc,
         seed=seed,
-        steer_alpha=steer_alpha,
+        steer_alphas=tuple(float(a) for a in steer_alphas.split(",") if a.strip()),
+        max_new_tokens=max_new_tokens,
         device=device,
         dtype=dtype,
+        load=_released(None, None, target, layer, injection_scale, rawvar, data, device_map),
     )
     r = run_eval(cfg)
     console.print(
@@ -295,33 +508,54 @@ def eval_cmd(
 
 @app.command()
 def serve(
-    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
+    nla: NlaOpt = DEFAULT_NLA,
     host: Annotated[str, typer.Option(help="Address to bind; the default keeps the viewer on this machine.")] = (
         "127.0.0.1"
     ),
-    port: int = 8000,
-    dtype: str = "auto",
-    device: str = "cpu",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    av: AvOpt = None,
+    ar: ArOpt = None,
+    target: TargetOpt = None,
+    layer: LayerOpt = None,
+    injection_scale: InjectionScaleOpt = None,
+    rawvar: RawvarOpt = None,
+    data: DataOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Local web viewer: per-token explanations coloured by fidelity, next-token predictions, steering by edits."""
     from nlakit.serve import allowed_hosts_for
     from nlakit.serve import serve as run
 
     if allowed_hosts_for(host) is None:
-        console.print(f"[yellow]warning:[/] binding {host} lets other machines use this model; there is no login")
-    run(nla, host=host, port=port, dtype=dtype, device=device)
+        err_console.print(f"[yellow]warning:[/] binding {host} lets other machines use this model; there is no login")
+    load = _released(av, ar, target, layer, injection_scale, rawvar, data, device_map)
+    run(None if (av or ar) and nla == DEFAULT_NLA else nla, host=host, port=port, dtype=dtype, device=device, load=load)
+
+
+class StorageDtype(str, Enum):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
 
 
 @app.command()
 def export(
     src: Annotated[str, typer.Argument(help="NLA folder to export (its train_* run state is left out).")],
     dest: Annotated[Path, typer.Argument(help="Destination folder.")],
-    dtype: Annotated[str, typer.Option(help="Storage dtype of the LoRA adapter weights.")] = "bfloat16",
+    storage_dtype: Annotated[
+        StorageDtype,
+        typer.Option(help="How the LoRA adapter weights are stored on disk (cast back to the model's dtype on load)."),
+    ] = StorageDtype.bfloat16,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Full weights in the reference's release layout (LoRA merged in).")
+    ] = False,
 ) -> None:
     """Copy an NLA for shipping: av/, ar/ and sidecars, adapters stored in bf16 by default."""
     from nlakit.nla import export as run
 
-    sizes = run(src, dest, dtype)
+    sizes = run(src, dest, storage_dtype.value, merge=merge)
     console.print(f"wrote {dest}: {len(sizes)} files, {sum(sizes.values()) / 2**20:.1f} MiB")
 
 
@@ -331,24 +565,56 @@ DEMO_PROMPT = "The Eiffel Tower is a wrought-iron lattice tower in Paris, France
 @app.command()
 def demo(
     text: Annotated[str, typer.Argument(help="The prompt to explain.")] = DEMO_PROMPT,
-    nla: Annotated[str, _NLA_OPT] = "smollm2-135m-L20",
-    positions: Annotated[str | None, typer.Option(help="Comma-separated positions (default: the last 8).")] = None,
+    nla: NlaOpt = DEFAULT_NLA,
+    positions: PositionsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 120,
+    temperature: TemperatureOpt = 0.0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """The main job on the embedded default: per-token explanations of a sample prompt by the shipped NLA."""
-    from nlakit.nla import NLA
+    _require_text(text, "text")
+    chosen = _positions(positions)
+    model = _load(nla, device, dtype)
+    console.print(f"[bold]nlakit demo[/]: {model.target}, layer {model.layer}")
+    _print_explanations(model, _explain(model, text, chosen, max_new_tokens, temperature))
 
-    model = NLA.from_pretrained(nla)
-    n = len(model.activations(text)[0])
-    chosen = _positions(positions) if positions else list(range(max(1, n - 8), n))
-    console.print(f"[bold]nlakit demo[/]: {model.target}, layer {model.layer}; explaining {len(chosen)} of {n} tokens")
-    _print_explanations(model, model.explain(text, chosen))
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _fail(message: str, status: int = 2) -> None:
+    # soft_wrap: one line whatever the terminal width; escape: a message's [brackets] are text, not rich markup
+    err_console.print(f"[red]error:[/] {escape(_one_line(message))}", soft_wrap=True)
+    sys.exit(status)
+
+
+# typer >= 0.20 vendors click (typer._click) while older typer uses click itself: find its exception types through the
+# public `typer.BadParameter` (a UsageError, itself a ClickException) instead of a private import
+_MRO = {c.__name__: c for c in typer.BadParameter.__mro__}
+UsageError, ClickException = _MRO["UsageError"], _MRO["ClickException"]
 
 
 def main() -> None:
+    """The `nla` entry point. Bad input (a usage mistake, a missing or undecodable file, a wrong value) is one
+    `error:` line on stderr and status 2; Ctrl-C is status 130; anything else is a bug and keeps its traceback."""
     try:
-        app(standalone_mode=False)
+        status = app(prog_name="nla", standalone_mode=False)  # the same name under `python -m nlakit`
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `nla` or `nla train` alone: the help (typer prints it)
+            if e.format_message().strip():
+                typer.echo(e.format_message())
+            sys.exit(0)
+        ctx = getattr(e, "ctx", None)
+        _fail(e.format_message().rstrip(".") + (f"; see '{ctx.command_path} -h'" if ctx is not None else ""))
+    except ClickException as e:  # e.g. a file that could not be opened
+        _fail(e.format_message())
     except NlakitError as e:
-        Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False)
-        sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
+        _fail(str(e))
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        _fail(f"{e.strerror}: {e.filename}" if e.filename else str(e))
+    if isinstance(status, int) and status:  # typer turns Ctrl-C into exit code 130
+        _fail("interrupted" if status == 130 else f"exit status {status}", status)

@@ -26,13 +26,15 @@ import torch
 
 from nlakit.corpus import Document, load_corpus
 from nlakit.errors import NlakitError
-from nlakit.extract import DEFAULT_MIN_POSITION, LayerCapture, sample_positions
+from nlakit.explainers.grounded import GroundedExplainer
+from nlakit.extract import DEFAULT_MIN_POSITION, sample_positions
 from nlakit.io import atomic_write_text
 from nlakit.maths import cosine, meannorm_baseline, mse_nrm, normalize, rawvar_baseline
+from nlakit.models import final_norm
 from nlakit.nla import NLA, score_texts
-from nlakit.paraphrase import remove_quotes, shuffle_units, shuffle_words, synonym_rewrite
+from nlakit.paraphrase import remove_quote_marks, remove_quotes, shuffle_units, shuffle_words, synonym_rewrite
 from nlakit.progress import progress_bar
-from nlakit.steer import kl_divergence, match_norm, next_token_logprobs
+from nlakit.steer import kl_divergence, match_norm, next_token_logprobs, steering_vector
 
 TRUNCATIONS = (4, 8, 16, 32, 64)
 POSITION_BUCKETS = ((16, 32), (32, 64), (64, 128), (128, 10**9))
@@ -49,6 +51,9 @@ STEER_CASES = (
     ("The most popular sport in the world is", "football"),
     ("On the table there was a bowl of", "soup"),
 )
+# The paper's planning case: the rhyme word of the second line is planned at the end of the first. The edit at the
+# line break asks for "mouse" instead of "rabbit"; a win moves the rhyme's first token (measured at the last token).
+RHYME_CASE = ("He saw a carrot and had to grab it,\nHis hunger was like a starving", "mouse", "grab it,\n")
 
 
 @dataclass
@@ -59,10 +64,8 @@ class EvalConfig:
     ar: str | None = None
     texts: str | None = None  # .txt (documents separated by blank lines) or .jsonl (a `text` field)
     corpus: str | None = None
-    split: str | None = None  # train/val/test: the corpus documents of that split, as `nla split` cuts them
-    split_seed: int = 42
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    train_data: str | None = None  # activation dataset for the nearest-neighbour baseline
+    docs_from: str | None = None  # a dataset folder (e.g. the recipe's split/test): evaluate exactly its documents
+    train_data: str | None = None  # the training activations: nearest-context baseline, oracle, overlap check
     max_positions: int = 256
     positions_per_doc: int = 3
     min_position: int = DEFAULT_MIN_POSITION
@@ -70,13 +73,20 @@ class EvalConfig:
     seed: int = 0
     max_new_tokens: int = 120
     batch_size: int = 32
-    steer_alpha: float = 1.0
+    steer_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # fractions of |h| (the paper's rule)
     device: str = "cpu"
     dtype: str = "auto"
-    steer_cases: list[tuple[str, str]] = field(default_factory=lambda: list(STEER_CASES))
+    load: dict = field(default_factory=dict)  # more NLA.from_pretrained keywords: target, rawvar, layer, device_map
+    steer_cases: list[tuple] = field(default_factory=lambda: [*STEER_CASES, RHYME_CASE])
 
 
 # ---------------------------------------------------------------- inputs
+
+
+def _doc_ids(dataset: str) -> list[str]:
+    from nlakit.dataset import read_table
+
+    return read_table(dataset, ["doc_id"]).column("doc_id").to_pylist()
 
 
 def eval_documents(cfg: EvalConfig) -> list[Document]:
@@ -90,16 +100,22 @@ def eval_documents(cfg: EvalConfig) -> list[Document]:
         docs = load_corpus(path)
     else:
         docs = load_corpus(cfg.corpus)
-        if cfg.split:
-            from nlakit.dataset import split_doc_ids
-
-            names = ("train", "val", "test")
-            if cfg.split not in names:
-                raise NlakitError(f"--split must be one of {', '.join(names)}, not {cfg.split!r}")
-            groups = split_doc_ids(
-                [d.id for d in docs], dict(zip(names, cfg.split_fractions, strict=True)), cfg.split_seed
+        if cfg.docs_from:
+            # the documents the recipe's split wrote, never a re-split: a re-split of the corpus cuts differently
+            wanted = set(_doc_ids(cfg.docs_from))
+            docs = [d for d in docs if d.id in wanted]
+            if len(docs) < len(wanted):
+                raise NlakitError(
+                    f"{len(wanted) - len(docs)} documents of {cfg.docs_from} are not in corpus {cfg.corpus!r}; "
+                    "give the corpus that dataset was extracted from"
+                )
+    if cfg.train_data:
+        overlap = {d.id for d in docs} & set(_doc_ids(cfg.train_data))
+        if overlap:
+            raise NlakitError(
+                f"{len(overlap)} evaluation documents are in the training data {cfg.train_data} (e.g. "
+                f"{sorted(overlap)[0]!r}); evaluate held-out documents, e.g. --docs-from the split's test folder"
             )
-            docs = [d for d in docs if d.id in groups[cfg.split]]
     docs = sorted(docs, key=lambda d: d.id)
     random.Random(cfg.seed).shuffle(docs)
     return docs
@@ -137,13 +153,41 @@ def truncate_tokens(tok, text: str, k: int) -> str:
     return tok.decode(tok.encode(text, add_special_tokens=False)[:k])
 
 
-def edit_toward(explanation: str, word: str) -> str:
-    """The steering edit: every quoted span (the explanation's next-token guesses) becomes `word`, and the subject
-    is said to be `word`; with nothing quoted, a sentence naming it is added."""
-    edited, n = re.subn(r"[\"“][^\"”]*[\"”]", f'"{word}"', explanation)
+EDIT_FORMS = ("replace", "append")
+
+
+def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
+    """A steering edit toward `word`.
+    - `replace`: the concept takes the place of the topic inside the usual format: the predicted next words and the
+      topic words become `word` (in free-form explanations, every quoted span does);
+    - `append`: the explanation is kept and a sentence naming `word` is added (public replications report this
+      form fails: the AR reads it as a minor detail)."""
+    if form == "append":
+        return explanation.rstrip() + f" The text is about {word}."
+    if form != "replace":
+        raise NlakitError(f"unknown edit form {form!r}; use one of {', '.join(EDIT_FORMS)}")
+    lines = explanation.split("\n")
+    if any(ln.startswith("Predicted next:") for ln in lines):  # the grounded format (v2)
+        out = []
+        for ln in lines:
+            if ln.startswith("Predicted next:"):
+                ln = f'Predicted next: "{word}".'
+            elif " about " in ln and ln.endswith(".") and not ln.startswith(("Recent", "Current")):
+                ln = ln.split(" about ", 1)[0] + f" about {word}."
+            out.append(ln)
+        return "\n".join(out)
+    edited, n = re.subn(r"[\"\u201c][^\"\u201d]*[\"\u201d]", f'"{word}"', explanation)
+    return edited if n else explanation.rstrip() + f' The model expects "{word}" next.'
+
+
+def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (sane at 0/n and n/n, unlike the normal approximation)."""
     if n == 0:
-        edited = explanation.rstrip() + f' The model expects "{word}" next.'
-    return edited + f" The subject is {word}."
+        return (0.0, 1.0)
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def english_word_share(texts: list[str], words: set[str]) -> float:
@@ -173,13 +217,11 @@ def summarise(mse: torch.Tensor, cos: torch.Tensor, rawvar: float, meannorm: flo
 
 @torch.no_grad()
 def collect(nla: NLA, docs: list[Document], cfg: EvalConfig) -> tuple[list[Sample], torch.Tensor, torch.Tensor]:
-    """Sampled positions, their layer-K vectors [n, d], and the target's next-token log-probs there [n, V].
-
-    One full-model forward per document gives both (a hook on block K reads the residual stream)."""
-    model, tok = nla.target_lm(), nla.target_tokenizer()
+    """Sampled positions, their layer-K vectors [n, d], and the target's next-token log-probs there [n, V]:
+    one `run_with_cache` per document (a full forward, the LM head only at the sampled positions)."""
+    tok = nla.target_tokenizer()
     special = frozenset(tok.all_special_ids)
     samples, vecs, logps = [], [], []
-    dev = next(model.parameters()).device
     with progress_bar("eval: read activations", total=cfg.max_positions) as bar:
         for doc in docs:
             if len(samples) >= cfg.max_positions:
@@ -190,13 +232,9 @@ def collect(nla: NLA, docs: list[Document], cfg: EvalConfig) -> tuple[list[Sampl
             )[: cfg.max_positions - len(samples)]
             if not pos:
                 continue
-            cap = LayerCapture(model, [nla.layer])
-            try:
-                logits = model(input_ids=torch.tensor([ids], device=dev), use_cache=False).logits[0]
-            finally:
-                cap.remove()
-            vecs.append(cap.outputs[nla.layer][0, pos].float().cpu())
-            logps.append(torch.log_softmax(logits[pos].float(), -1).cpu())
+            cache = nla.run_with_cache(ids[: max(pos) + 1], logits=pos)
+            vecs.append(cache.resid[pos])
+            logps.append(torch.log_softmax(cache.logits, -1))
             for p in pos:
                 samples.append(
                     Sample(doc.id, p, tok.decode([ids[p]]), tok.decode(ids[: p + 1], skip_special_tokens=True), ids)
@@ -209,18 +247,6 @@ def collect(nla: NLA, docs: list[Document], cfg: EvalConfig) -> tuple[list[Sampl
     return samples, torch.cat(vecs), torch.cat(logps)
 
 
-def final_norm(model):
-    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm"):
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            return obj
-        except AttributeError:
-            continue
-    raise NlakitError(f"cannot find the final norm of {type(model).__name__} for the logit lens")
-
-
 @torch.no_grad()
 def logit_lens_top(nla: NLA, vectors: torch.Tensor, k: int = 5) -> list[list[str]]:
     model, tok = nla.target_lm(), nla.target_tokenizer()
@@ -229,21 +255,62 @@ def logit_lens_top(nla: NLA, vectors: torch.Tensor, k: int = 5) -> list[list[str
     return [[tok.decode([i]) for i in row] for row in logits.topk(k, dim=-1).indices.tolist()]
 
 
-def nearest_neighbour(vectors: torch.Tensor, train_data: str) -> torch.Tensor:
-    """For each vector, the most cosine-similar training activation (a memorisation baseline with no text)."""
-    from nlakit.dataset import read_table, vectors_of
-
-    train = torch.from_numpy(vectors_of(read_table(train_data, ["activation_vector"]))).float()
+def nearest_training_vector(vectors: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """ORACLE, not a baseline: for each vector, the most cosine-similar training activation. It looks at the very
+    vector it predicts, so it bounds what a codebook of training vectors could do; no user can run it on text."""
     tn = train / train.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     q = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     best = torch.cat([(q[i : i + 256] @ tn.T).argmax(-1) for i in range(0, len(q), 256)])
     return train[best]
 
 
+RETRIEVAL_DIM = 1 << 16
+
+
+def _bag_of_words(texts: list[str], idf: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparse [n, RETRIEVAL_DIM] hashed counts of lower-cased words, log-scaled (times idf when given), unit rows.
+    The last eight words count double: the prediction at a position depends most on the words just before it."""
+    import zlib
+
+    rows, cols, vals = [], [], []
+    for i, t in enumerate(texts):
+        words = re.findall(r"\w+", t.lower())
+        counts: dict[int, float] = {}
+        for j, w in enumerate(words):
+            h = zlib.crc32(w.encode()) % RETRIEVAL_DIM
+            counts[h] = counts.get(h, 0.0) + (2.0 if j >= len(words) - 8 else 1.0)
+        for h, c in counts.items():
+            rows.append(i)
+            cols.append(h)
+            vals.append(math.log1p(c))
+    x = torch.sparse_coo_tensor([rows, cols], torch.tensor(vals), (len(texts), RETRIEVAL_DIM)).coalesce()
+    if idf is not None:
+        x = torch.sparse_coo_tensor(x.indices(), x.values() * idf[x.indices()[1]], x.shape).coalesce()
+    norms = torch.zeros(len(texts)).index_add_(0, x.indices()[0], x.values() ** 2).sqrt().clamp_min(1e-8)
+    return torch.sparse_coo_tensor(x.indices(), x.values() / norms[x.indices()[0]], x.shape).coalesce()
+
+
+def nearest_context(contexts: list[str], train_data: str) -> torch.Tensor:
+    """BASELINE (a user can run it on text): the vector of the training row whose context is most similar by
+    tf-idf cosine. What an NLA adds beyond it is what the words carry beyond retrieving a similar passage."""
+    from nlakit.dataset import read_table, vectors_of
+
+    table = read_table(train_data, ["activation_vector", "context"])
+    train_ctx = table.column("context").to_pylist()
+    train_vec = torch.from_numpy(vectors_of(table)).float()
+    raw = _bag_of_words(train_ctx)
+    df = torch.zeros(RETRIEVAL_DIM).index_add_(0, raw.indices()[1], torch.ones(raw.indices().shape[1]))
+    idf = torch.log((len(train_ctx) + 1) / (df + 1)) + 1
+    train_x = _bag_of_words(train_ctx, idf).to_sparse_csr()
+    q = _bag_of_words(contexts, idf).to_dense()
+    best = torch.cat([(train_x @ q[i : i + 64].T).argmax(0) for i in range(0, len(q), 64)])
+    return train_vec[best]
+
+
 def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     """Evaluate, write `out/report.json`, `out/report.md` and PNG plots; return the report."""
     docs = eval_documents(cfg)  # bad inputs fail before a model loads
-    nla = nla or NLA.from_pretrained(cfg.nla, av=cfg.av, ar=cfg.ar, device=cfg.device, dtype=cfg.dtype)
+    nla = nla or NLA.from_pretrained(cfg.nla, av=cfg.av, ar=cfg.ar, device=cfg.device, dtype=cfg.dtype, **cfg.load)
     if nla.av is None or nla.ar is None:
         raise NlakitError("eval needs both an AV and an AR")
     out = Path(cfg.out)
@@ -263,9 +330,13 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
         "explanation": texts,
         "sentence_shuffle": [shuffle_units(t, random.Random(f"{cfg.seed}|{i}")) for i, t in enumerate(texts)],
         "synonyms": [synonym_rewrite(t, random.Random(f"{cfg.seed}|{i}")) for i, t in enumerate(texts)],
-        "no_quotes": [remove_quotes(t) for t in texts],
+        "unquoted": [remove_quote_marks(t) for t in texts],
+        "quotes_removed": [remove_quotes(t) for t in texts],
         "word_shuffle": [shuffle_words(t, random.Random(f"{cfg.seed}|{i}")) for i, t in enumerate(texts)],
         "other_explanation": [texts[j] for j in perm],
+        "teacher": GroundedExplainer(nla.target, dtype=cfg.dtype, device=cfg.device).explain(
+            [s.context for s in samples]
+        ),
         "logit_lens": [logit_lens_text(top) for top in logit_lens_top(nla, vectors)],
         "context": [s.context for s in samples],
     }
@@ -305,18 +376,31 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
         "context": summary("context"),
     }
     if cfg.train_data:
-        nn = nearest_neighbour(vectors, cfg.train_data)
-        baselines["nearest_neighbour"] = summarise(mse_nrm(nn, vectors), cosine(nn, vectors), rawvar, meannorm)
+        near = nearest_context([s.context for s in samples], cfg.train_data)
+        baselines["nearest_context"] = summarise(mse_nrm(near, vectors), cosine(near, vectors), rawvar, meannorm)
     report["baselines"] = baselines
+    # reference lines, not baselines: what the teacher's own text carries through this AR (the format's ceiling,
+    # on the same rows), and a codebook oracle that looks at the vector it predicts
+    teacher = summary("teacher")
+    report["reference_lines"] = {"teacher_explanation": teacher}
+    report["av_over_teacher"] = main["fve_nrm"] / teacher["fve_nrm"] if teacher["fve_nrm"] > 0 else None
+    if cfg.train_data:
+        from nlakit.dataset import read_table, vectors_of
+
+        train = torch.from_numpy(vectors_of(read_table(cfg.train_data, ["activation_vector"]))).float()
+        nn = nearest_training_vector(vectors, train)
+        report["oracles"] = {
+            "nearest_training_vector": summarise(mse_nrm(nn, vectors), cosine(nn, vectors), rawvar, meannorm)
+        }
 
     # steganography probes: fve under each transform and its drop from the untouched explanation
     probes = {}
     for name, kind in (
         ("sentence_shuffle", "preserving"),
         ("synonyms", "preserving"),
-        ("no_quotes", "preserving"),
+        ("unquoted", "preserving"),
+        ("quotes_removed", "content ablation"),
         ("word_shuffle", "destroying"),
-        ("other_explanation", "destroying"),
     ):
         s = summary(name)
         probes[name] = {**s, "kind": kind, "fve_drop": main["fve_nrm"] - s["fve_nrm"]}
@@ -342,7 +426,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     report["explanation_tokens_median"] = float(np.median(lengths)) if lengths else 0.0
     report["empty_explanations"] = sum(not t.strip() for t in texts)
 
-    report["round_trip"] = round_trip(nla, samples, vectors, logp_orig, texts, gen)
+    report["round_trip"] = round_trip(nla, samples, vectors, logp_orig, scores["explanation"]["pred"], gen)
     report["steering"] = steering_suite(nla, cfg)
     report["samples"] = [
         {
@@ -363,11 +447,12 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
 
 
 @torch.no_grad()
-def round_trip(nla: NLA, samples, vectors, logp_orig, texts, gen: torch.Generator) -> dict:
-    """KL(original || patched) of the next-token distribution when h is replaced by AR(AV(h)) (at h's norm),
-    by the mean activation, or by a random vector of h's norm."""
+def round_trip(nla: NLA, samples, vectors, logp_orig, reconstructions, gen: torch.Generator) -> dict:
+    """KL(original || patched) of the next-token distribution when h is replaced by AR(AV(h)) (at h's norm; an
+    empty explanation reconstructs to zero, which removes the stream), by the mean activation, or by a random
+    vector of h's norm."""
     model = nla.target_lm()
-    rec = match_norm(score_reconstructions(nla, texts), vectors)
+    rec = match_norm(reconstructions, vectors)
     mean = vectors.mean(0, keepdim=True).expand_as(vectors)
     rand = match_norm(torch.randn(vectors.shape, generator=gen), vectors)
     kls: dict[str, list[float]] = {"reconstruction": [], "mean": [], "random": []}
@@ -384,56 +469,70 @@ def round_trip(nla: NLA, samples, vectors, logp_orig, texts, gen: torch.Generato
     return {name: {"kl_mean": float(np.mean(v)), "kl_median": float(np.median(v))} for name, v in kls.items()}
 
 
-def score_reconstructions(nla: NLA, texts: list[str]) -> torch.Tensor:
-    """AR reconstructions; an empty explanation reconstructs to zero (patching it in then removes the stream)."""
-    out = torch.zeros(len(texts), nla.d_model)
-    keep = [i for i, t in enumerate(texts) if t.strip()]
-    if keep:
-        out[keep] = nla.reconstruct([texts[i] for i in keep])
-    return out
-
-
 @torch.no_grad()
 def steering_suite(nla: NLA, cfg: EvalConfig, n_random: int = 8) -> dict:
-    """Log-prob shift toward the edited concept when alpha * (AR(edited) - AR(original)) is added at the prompt's
-    last token, against random directions of the same norm."""
+    """Text-edit steering at the prompt's last token (or the case's position), for each alpha and edit form:
+    the log-prob shift of the concept's first token against `n_random` random directions of the same norm.
+    A case is a win when its shift beats the best random direction; wins get a Wilson 95% interval."""
     model, tok = nla.target_lm(), nla.target_tokenizer()
     gen = torch.Generator().manual_seed(cfg.seed)
-    cases = []
-    for prompt, word in cfg.steer_cases:
+    prepared = []
+    for case in cfg.steer_cases:
+        prompt, word = case[0], case[1]
         ids, acts = nla.activations(prompt)
-        pos, h = len(ids) - 1, acts[-1:]
+        # a third field names the text the edit is made at (its last token); the effect is read at the end
+        pos = len(ids) - 1 if len(case) < 3 else len(nla.tokenize(prompt[: prompt.index(case[2]) + len(case[2])])) - 1
+        h = acts[pos : pos + 1]
         original = nla.verbalize(h, max_new_tokens=cfg.max_new_tokens)[0] or "(empty)"
-        edited = edit_toward(original, word)
-        rec = match_norm(nla.reconstruct([original, edited]), h.expand(2, -1))
-        delta = cfg.steer_alpha * (rec[1] - rec[0])
-        rand = torch.randn(n_random, delta.shape[0], generator=gen)
-        rand = rand / rand.norm(dim=-1, keepdim=True) * delta.norm()
-        adds = torch.cat([torch.zeros(1, delta.shape[0]), delta[None], rand])
-        logp = next_token_logprobs(model, ids, [pos] * len(adds), nla.layer, adds, mode="add")
+        edits = {form: edit_toward(original, word, form) for form in EDIT_FORMS}
+        rec = nla.reconstruct([original, *edits.values()])
+        rand = torch.randn(n_random, h.shape[-1], generator=gen)
         target = tok.encode(" " + word, add_special_tokens=False)[0]
-        base, steered, ctrl = float(logp[0, target]), float(logp[1, target]), logp[2:, target]
-        cases.append(
-            {
-                "prompt": prompt,
-                "concept": word,
-                "original": original,
-                "edited": edited,
-                "delta_norm": float(delta.norm()),
-                "logp_base": base,
-                "shift": steered - base,
-                "shift_random_mean": float(ctrl.mean()) - base,
-                "shift_random_max": float(ctrl.max()) - base,
+        prepared.append((prompt, word, ids, pos, h, original, edits, rec, rand, target))
+    sweep: dict[str, dict] = {}
+    for form_i, form in enumerate(EDIT_FORMS):
+        for alpha in cfg.steer_alphas:
+            cases = []
+            for prompt, word, ids, pos, h, original, edits, rec, rand, target in prepared:
+                delta = steering_vector(h, rec[:1], rec[1 + form_i : 2 + form_i], alpha)
+                ctrl = rand / rand.norm(dim=-1, keepdim=True) * delta.norm()
+                adds = torch.cat([torch.zeros_like(delta), delta, ctrl])
+                logp = next_token_logprobs(
+                    model, ids, [pos] * len(adds), nla.layer, adds, mode="add", read=[len(ids) - 1] * len(adds)
+                )
+                base, steered, rnd = float(logp[0, target]), float(logp[1, target]), logp[2:, target]
+                cases.append(
+                    {
+                        "prompt": prompt,
+                        "concept": word,
+                        "original": original,
+                        "edited": edits[form],
+                        "shift": steered - base,
+                        "shift_random_mean": float(rnd.mean()) - base,
+                        "shift_random_max": float(rnd.max()) - base,
+                        "win": steered > float(rnd.max()),
+                        "top_token_steered": tok.decode([int(logp[1].argmax())]),
+                    }
+                )
+            wins = sum(c["win"] for c in cases)
+            lo, hi = wilson_interval(wins, len(cases))
+            sweep[f"{form}@{alpha:g}"] = {
+                "form": form,
+                "alpha": alpha,
+                "wins": wins,
+                "n": len(cases),
+                "win_rate_ci95": [lo, hi],
+                "shift_mean": float(np.mean([c["shift"] for c in cases])),
+                "shift_random_mean": float(np.mean([c["shift_random_mean"] for c in cases])),
+                "cases": cases,
             }
-        )
-    shifts = [c["shift"] for c in cases]
-    ctrl = [c["shift_random_mean"] for c in cases]
+    best = max(sweep, key=lambda k: (sweep[k]["wins"], sweep[k]["shift_mean"]))
     return {
-        "alpha": cfg.steer_alpha,
-        "shift_mean": float(np.mean(shifts)),
-        "shift_random_mean": float(np.mean(ctrl)),
-        "wins_over_random_max": sum(c["shift"] > c["shift_random_max"] for c in cases),
-        "cases": cases,
+        "rule": "h + alpha * |h| * delta / |delta|, delta = AR(edited) - AR(original)",
+        "random_directions": n_random,
+        "best": best,
+        "note": "the best setting is chosen on these same cases; read its win count as optimistic",
+        "sweep": sweep,
     }
 
 

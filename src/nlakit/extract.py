@@ -11,7 +11,6 @@ an interrupted run resumes at the first missing part with no lost or duplicated 
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -21,8 +20,10 @@ import numpy as np
 import torch
 
 from nlakit import dataset as ds
+from nlakit.batch import right_pad
 from nlakit.corpus import Document, load_corpus
 from nlakit.errors import NlakitError
+from nlakit.maths import keyed_seed
 from nlakit.meta import (
     DatasetMeta,
     Extraction,
@@ -40,7 +41,7 @@ DEFAULT_MIN_POSITION = 16
 
 
 def doc_rng(seed: int, doc_id: str) -> random.Random:
-    return random.Random(int.from_bytes(hashlib.sha256(f"{seed}|{doc_id}".encode()).digest()[:8], "big"))
+    return random.Random(keyed_seed(seed, doc_id))
 
 
 def sample_positions(
@@ -76,6 +77,12 @@ class LayerCapture:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+    def __enter__(self) -> LayerCapture:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()  # hooks left on a model would keep capturing in every later forward
 
 
 @dataclass
@@ -174,17 +181,14 @@ def run_chunk(
     """Forward the chunk's documents (batched by length) and gather the sampled positions, in document order."""
     pad = tok.pad_token_id
     gathered: dict[int, dict[int, np.ndarray]] = {k: {} for k in layers}
-    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    # a causal model never looks ahead: tokens after a document's last sampled position are not forwarded
+    needed = [max(pos) + 1 if pos else 0 for _, _, pos in items]
+    order = sorted(range(len(items)), key=lambda i: needed[i])
     for b in range(0, len(order), batch_size):
         idx = [i for i in order[b : b + batch_size] if items[i][2]]
         if not idx:
             continue
-        width = max(len(items[i][1]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : len(items[i][1])] = torch.tensor(items[i][1])
-            mask[row, : len(items[i][1])] = 1
+        ids, mask = right_pad([items[i][1][: needed[i]] for i in idx], pad)
         model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         for k in layers:
             h = capture.outputs[k]
@@ -234,31 +238,30 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     n_tokens, t0 = 0, time.perf_counter()
     if todo:
         model = load_backbone(cfg.model, num_layers=max(cfg.layers) + 1, device=cfg.device, dtype=cfg.dtype)
-        capture = LayerCapture(model, cfg.layers)
-        t0 = time.perf_counter()  # throughput excludes the one-time model load
-        with progress_bar("extract", total=len(docs), completed=(n_chunks - len(todo)) * cfg.chunk_docs) as bar:
-            for c in todo:
-                chunk = docs[c * cfg.chunk_docs : (c + 1) * cfg.chunk_docs]
-                items = []
-                for doc in chunk:
-                    ids = tok(doc.text, add_special_tokens=True, truncation=True, max_length=cfg.max_tokens)[
-                        "input_ids"
-                    ]
-                    pos = sample_positions(
-                        ids,
-                        doc.id,
-                        seed=cfg.seed,
-                        n=cfg.positions_per_doc,
-                        min_position=cfg.min_position,
-                        special_ids=special,
-                    )
-                    items.append((doc, ids, pos))
-                    n_tokens += len(ids)
-                results = run_chunk(model, capture, items, tok, cfg.layers, cfg.batch_size, cfg.device)
-                for k, (vecs, cols) in results.items():
-                    ds.write_parquet(cfg.layer_dir(k) / ds.part_name(c), ds.make_table(vecs, cols))
-                bar.advance(len(chunk))
-        capture.remove()
+        with LayerCapture(model, cfg.layers) as capture:
+            t0 = time.perf_counter()  # throughput excludes the one-time model load
+            with progress_bar("extract", total=len(docs), completed=(n_chunks - len(todo)) * cfg.chunk_docs) as bar:
+                for c in todo:
+                    chunk = docs[c * cfg.chunk_docs : (c + 1) * cfg.chunk_docs]
+                    items = []
+                    for doc in chunk:
+                        ids = tok(doc.text, add_special_tokens=True, truncation=True, max_length=cfg.max_tokens)[
+                            "input_ids"
+                        ]
+                        pos = sample_positions(
+                            ids,
+                            doc.id,
+                            seed=cfg.seed,
+                            n=cfg.positions_per_doc,
+                            min_position=cfg.min_position,
+                            special_ids=special,
+                        )
+                        items.append((doc, ids, pos))
+                        n_tokens += max(pos) + 1 if pos else 0  # tokens forwarded
+                    results = run_chunk(model, capture, items, tok, cfg.layers, cfg.batch_size, cfg.device)
+                    for k, (vecs, cols) in results.items():
+                        ds.write_parquet(cfg.layer_dir(k) / ds.part_name(c), ds.make_table(vecs, cols))
+                    bar.advance(len(chunk))
     seconds = time.perf_counter() - t0
 
     counts = {}

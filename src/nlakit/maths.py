@@ -6,6 +6,7 @@ Conventions (reference §1.6, §3.5): vectors are compared after rescaling both 
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -53,3 +54,9 @@ def fve_nrm(mse: float | Tensor, rawvar: float) -> float | Tensor:
     if rawvar <= 0:
         raise ValueError("rawvar must be positive: all vectors point the same way, so FVE is undefined")
     return 1.0 - mse / rawvar
+
+
+def keyed_seed(*key: object, nbytes: int = 8) -> int:
+    """A seed from a key (sha256 of the parts joined by "|"): the same key gives the same draws on every machine,
+    whatever the batch, chunk or process order (document positions, RL steps, generated corpora)."""
+    return int.from_bytes(hashlib.sha256("|".join(map(str, key)).encode()).digest()[:nbytes], "big")

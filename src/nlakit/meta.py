@@ -24,7 +24,6 @@ from nlakit.errors import NlakitError
 from nlakit.io import atomic_write_text
 
 META_NAME = "nla_meta.yaml"
-INJECT_PLACEHOLDER = "<INJECT>"
 
 # Reference templates (NLA_REFERENCE §1.3, §1.5); `{injection_char}` / `{explanation}` are filled at use.
 AV_TEMPLATE = (
@@ -35,6 +34,7 @@ AV_TEMPLATE = (
     "that vector.\n\nHere is the vector:\n\n<concept>{injection_char}</concept>\n\nPlease provide an explanation."
 )
 AR_TEMPLATE = "Summary of the following text: <text>{explanation}</text> <summary>"
+REFERENCE_MAX_NEW_TOKENS = 200  # nla_inference.NLAClient's default; RL trained with a 150-token cap
 
 
 @dataclass
@@ -108,6 +108,16 @@ class ModelMeta:
     def ar_template(self) -> str:
         return self.prompt_templates["ar"]
 
+    @property
+    def max_new_tokens(self) -> int:
+        """The generation cap the AV was trained under (RL rollouts end there), else the reference client's 200,
+        which is above the reference's training cap of 150, so nothing a released AV was trained to write is cut."""
+        training = self.training or {}
+        for key in ("max_new_tokens", "rollout_max_response_len"):
+            if isinstance(training.get(key), int) and training[key] > 0:
+                return int(training[key])
+        return REFERENCE_MAX_NEW_TOKENS
+
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
@@ -149,15 +159,60 @@ def resolve_scale(value: Any, d_model: int) -> float | None:
         raise NlakitError(f"scale {value!r} is not a number, 'sqrt_d_model' or 'raw'") from None
 
 
+# The reference builds `NLAExtractionMeta(**extraction)` and `NLAApiSummaryMeta(**api_summaries)`: strict dataclasses
+# whose fields all lack defaults. So those two sections carry exactly these keys, and what nlakit records beyond them
+# goes to top-level `nlakit_*` sections (the reference keeps only the top-level keys it knows).
+REFERENCE_EXTRACTION_KEYS = (
+    "base_model",
+    "d_model",
+    "layer_index",
+    "norm",
+    "corpus",
+    "corpus_slice",
+    "positions_per_doc",
+)
+REFERENCE_API_KEYS = ("model", "max_tokens", "temperature", "instruction_prompt")
+
+
 def dataset_meta_to_dict(meta: DatasetMeta) -> dict[str, Any]:
-    return _drop_none(dataclasses.asdict(meta))
+    d = dataclasses.asdict(meta)
+    ext = d.pop("extraction")
+    extraction = {k: ext.get(k) for k in REFERENCE_EXTRACTION_KEYS}
+    extraction["corpus"] = extraction["corpus"] or ""
+    extraction["corpus_slice"] = extraction["corpus_slice"] or {"start": 0, "length": None}  # None: every document
+    extraction["positions_per_doc"] = extraction["positions_per_doc"] or 0
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out[k] = v
+        if k == "stage":
+            out["extraction"] = extraction
+    extra = {k: v for k, v in ext.items() if k not in REFERENCE_EXTRACTION_KEYS and v is not None}
+    if extra:
+        out["nlakit_extraction"] = extra
+    api = d.get("api_summaries")
+    if api:
+        out["api_summaries"] = {k: api.get(k) for k in REFERENCE_API_KEYS}
+        rest = {k: v for k, v in api.items() if k not in REFERENCE_API_KEYS}
+        if rest:
+            out["nlakit_api_summaries"] = rest
+    out = _drop_none(out)
+    out["extraction"] = extraction  # nulls inside are part of the strict shape
+    if api:
+        out["api_summaries"] = {k: api.get(k) for k in REFERENCE_API_KEYS}
+    return out
 
 
 def dataset_meta_from_dict(raw: dict[str, Any]) -> DatasetMeta:
     if raw.get("kind") != "nla_dataset":
         raise NlakitError(f"sidecar kind is {raw.get('kind')!r}, expected 'nla_dataset'")
     ext_names = {f.name for f in dataclasses.fields(Extraction)}
-    ext = Extraction(**{k: v for k, v in raw["extraction"].items() if k in ext_names})
+    merged = {**(raw.get("extraction") or {}), **(raw.get("nlakit_extraction") or {})}
+    if merged.get("layer_index") is None and raw["extraction"].get("checkpoints"):
+        merged["layer_index"] = raw["extraction"]["checkpoints"][0].get("layer_index")  # schema 2, one checkpoint
+    ext = Extraction(**{k: v for k, v in merged.items() if k in ext_names})
+    api = raw.get("api_summaries")
+    if api is not None or raw.get("nlakit_api_summaries"):
+        api = {k: v for k, v in {**(api or {}), **(raw.get("nlakit_api_summaries") or {})}.items() if v is not None}
     return DatasetMeta(
         extraction=ext,
         dataset_id=raw.get("dataset_id", ""),
@@ -165,7 +220,7 @@ def dataset_meta_from_dict(raw: dict[str, Any]) -> DatasetMeta:
         row_count=raw.get("row_count"),
         tokens=_tokens_in(raw.get("tokens")),
         prompt_templates=_templates_in(raw.get("prompt_templates")),
-        api_summaries=raw.get("api_summaries"),
+        api_summaries=api,
         parent_datasets=raw.get("parent_datasets"),
         created_at=raw.get("created_at", ""),
         created_by=raw.get("created_by", ""),
@@ -185,7 +240,8 @@ def model_meta_to_dict(meta: ModelMeta) -> dict[str, Any]:
         "extraction": {"injection_scale": meta.injection_scale, "mse_scale": meta.mse_scale},
         "tokens": dataclasses.asdict(meta.tokens) if meta.tokens else None,
         "prompt_templates": dict(meta.prompt_templates),
-        "extraction_layer_index": meta.extraction_layer_index,
+        # an unscrubbed actor sidecar records no layer (-1 here): write none rather than a wrong one
+        "extraction_layer_index": meta.extraction_layer_index if meta.extraction_layer_index >= 0 else None,
         "trained_on": meta.trained_on,
         "parent_checkpoints": meta.parent_checkpoints,
         "training": meta.training,
@@ -252,7 +308,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def sidecar_path(artifact: str | Path) -> Path:
     """`DIR/nla_meta.yaml` for a folder, `X.parquet.nla_meta.yaml` for a single reference-style parquet."""
-    p = Path(artifact)
+    p = Path(str(artifact).split("@[")[0])  # `data.parquet@[0:1000]` shares the file's sidecar
     return p.with_name(p.name + "." + META_NAME) if p.suffix == ".parquet" else p / META_NAME
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from nlakit.errors import NlakitError
+from nlakit.io import atomic_write_text
 
 ASSETS = Path(__file__).parent / "assets"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,34 +48,128 @@ def configure_threads() -> int:
     return n
 
 
-def cpu_has_native_bf16() -> bool:
+# ---- dtypes: the one name table, and what `auto` means ---------------------------------------------------------------
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+PROBE_SIZES = (512, 1024)
+PROBE_THREADS = 2
+BF16_MARGIN = 0.8  # bf16 must take under 80% of fp32's GEMM time to be chosen: "clearly faster", not noise
+
+
+def parse_dtype(name: str | torch.dtype, what: str = "dtype") -> torch.dtype:
+    """A dtype from its name (float32/fp32, bfloat16/bf16, float16/fp16) with a one-line error otherwise."""
+    if isinstance(name, torch.dtype):
+        return name
+    key = str(name).lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise NlakitError(f"unknown {what} {name!r}; use one of float32, bfloat16, float16")
+    return DTYPES[key]
+
+
+def _cpu_model() -> str:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def _time_gemm(n: int, dtype: torch.dtype, reps: int = 3) -> float:
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+    torch.matmul(a, b)  # warm-up (kernel selection, page faults)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+_PROBE: dict | None = None
+
+
+def dtype_probe() -> dict:
+    """Which of bf16 and fp32 multiplies matrices faster on this CPU: a short GEMM timing (2 threads, 512- and
+    1024-square, best of 3), cached for the process and on disk under the cache home, keyed by CPU model and torch
+    version. Returns the timings, the CPU, torch's CPU capability and the chosen dtype name."""
+    global _PROBE
+    if _PROBE is not None:
+        return _PROBE
+    import json
+
+    cpu = _cpu_model()
+    capability = torch.backends.cpu.get_cpu_capability()
+    key = f"{cpu}|{capability}|torch {torch.__version__}"
+    cache = home() / "dtype_probe.json"
+    try:
+        stored = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    if isinstance(stored, dict) and isinstance(stored.get(key), dict):
+        _PROBE = stored[key]
+        return _PROBE
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PROBE_THREADS)  # as many as a small CPU has; the probe must not depend on the host's size
+    try:
+        times = {f"{dt}_{n}": _time_gemm(n, DTYPES[dt]) for dt in ("float32", "bfloat16") for n in PROBE_SIZES}
+    finally:
+        torch.set_num_threads(threads)
+    fp32 = sum(v for k, v in times.items() if k.startswith("float32"))
+    bf16 = sum(v for k, v in times.items() if k.startswith("bfloat16"))
+    _PROBE = {
+        "cpu": cpu,
+        "capability": capability,
+        "torch": torch.__version__,
+        "seconds": times,
+        "bf16_over_fp32": bf16 / fp32,
+        "chosen": "bfloat16" if bf16 < BF16_MARGIN * fp32 else "float32",
+    }
+    stored = stored if isinstance(stored, dict) else {}
+    stored[key] = _PROBE
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(stored, indent=1))
+    except OSError:
+        pass  # a read-only cache home only costs a re-probe next process
+    return _PROBE
+
+
+def auto_dtype_note(device: str | torch.device = "cpu") -> str:
+    """One line saying what `--dtype auto` picks here and why (for verbose output and help text)."""
+    if torch.device(device).type == "cuda":
+        return "auto = bfloat16 (CUDA)"
+    p = dtype_probe()
+    return (
+        f"auto = {p['chosen']} on this CPU ({p['cpu']}, {p['capability']}): "
+        f"bf16 GEMM takes {p['bf16_over_fp32']:.2f}x the fp32 time"
+    )
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
-    """`auto` picks bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."""
+    """`auto`: bf16 on CUDA; on a CPU whichever of bf16/fp32 the cached GEMM probe measured faster."""
     if isinstance(dtype, torch.dtype):
         return dtype
     name = (dtype or "auto").lower()
     if name == "auto":
-        if torch.device(device).type == "cuda" or cpu_has_native_bf16():
+        if torch.device(device).type == "cuda":
             return torch.bfloat16
-        return torch.float32
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if name not in table:
+        return DTYPES[dtype_probe()["chosen"]]
+    if name not in DTYPES:
         raise NlakitError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return table[name]
+    return DTYPES[name]
 
 
 @contextlib.contextmanager
@@ -151,6 +247,20 @@ def _build_tiny(dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """`org/name` with no local meaning: what released sidecars record as their base model."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not Path(name).exists()
+
+
+def hub_id_error(name: str, role: str = "--target") -> NlakitError:
+    local = "models/" + name.split("/")[-1]
+    return NlakitError(
+        f"{name!r} is a Hugging Face Hub id and nlakit never downloads: fetch it once "
+        f"(`hf download {name} --local-dir {local}`) and pass the folder ({role} {local})"
+    )
+
+
 def model_path(name: str | Path) -> Path:
     """Resolve an alias or local folder to a folder in Hugging Face layout, converting or building it on first use."""
     name_s = str(name)
@@ -162,6 +272,8 @@ def model_path(name: str | Path) -> Path:
         return dest
     path = Path(name_s).expanduser()
     if not path.exists():
+        if looks_like_hub_id(name_s):
+            raise hub_id_error(name_s)
         raise NlakitError(
             f"model {name_s!r} is neither an alias ({', '.join(ALIASES)}) nor a local folder; "
             "nlakit never downloads from a hub: pass a local Hugging Face model folder"
@@ -186,16 +298,94 @@ def load_tokenizer(name: str | Path, padding_side: str = "right"):
     return tok
 
 
+# ---- architecture knowledge: one table per concern -------------------------------------------------------------------
+# Where the decoder stack sits, from a causal LM, a bare backbone, or a multimodal wrapper (Gemma-3: the text stack is
+# `model.language_model`; older checkpoints nest `language_model.model`). "" is the object itself (a backbone).
+STACK_PATHS = ("model", "model.language_model", "language_model.model", "language_model", "transformer", "gpt_neox", "")
+BLOCK_NAMES = ("layers", "h")  # the ModuleList of blocks on a stack
+FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm")  # the final norm on a stack
+# Embedding forward multiplies by sqrt(hidden_size) for these model types (a hand-built lookup must too).
+SCALED_EMBED_TYPES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "t5"})
+# Per-layer config arrays that must be cut with num_hidden_layers.
+PER_LAYER_ATTRS = ("layer_types", "sliding_window_pattern", "no_rope_layers")
+# Weight names of a multimodal checkpoint's text model, mapped onto the text-only class (vision weights are ignored).
+TEXT_KEY_MAPPING = {
+    r"^model\.language_model\.": "model.",
+    r"^language_model\.model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+}
+
+
+def _get(obj, path: str):
+    for part in filter(None, path.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def text_config(cfg):
+    """The language model's config: a multimodal config's nested `text_config` (Gemma-3), else the config itself."""
+    inner = getattr(cfg, "text_config", None)
+    return inner if inner is not None and inner is not cfg else cfg
+
+
+def is_multimodal(cfg) -> bool:
+    return text_config(cfg) is not cfg
+
+
+def embed_scale(cfg) -> float:
+    """What the embedding's forward multiplies rows by: sqrt(d) for Gemma-family model types, else 1."""
+    tc = text_config(cfg)
+    return math.sqrt(tc.hidden_size) if getattr(tc, "model_type", "") in SCALED_EMBED_TYPES else 1.0
+
+
+def decoder_stack(model):
+    """The module holding the blocks and the final norm (e.g. `Qwen2Model`, Gemma-3's `language_model`)."""
+    for path in STACK_PATHS:
+        try:
+            stack = _get(model, path)
+        except AttributeError:
+            continue
+        if any(isinstance(getattr(stack, b, None), torch.nn.ModuleList) for b in BLOCK_NAMES):
+            return stack
+    raise NlakitError(f"cannot find the decoder blocks of {type(model).__name__}; this architecture is not supported")
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of transformer blocks of a HF causal LM, its backbone, or a multimodal wrapper."""
+    stack = decoder_stack(model)
+    return next(getattr(stack, b) for b in BLOCK_NAMES if isinstance(getattr(stack, b, None), torch.nn.ModuleList))
+
+
+def final_norm(model) -> torch.nn.Module:
+    """The final norm applied after the last block (the logit lens needs it; the AR removes it)."""
+    stack = decoder_stack(model)
+    for name in FINAL_NORM_NAMES:
+        if isinstance(getattr(stack, name, None), torch.nn.Module):
+            return getattr(stack, name)
+    raise NlakitError(f"cannot find the final norm of {type(model).__name__}")
+
+
+def final_norm_to_identity(model) -> None:
+    """Replace the final norm with Identity: the AR reads the raw residual stream after block K."""
+    stack = decoder_stack(model)
+    for name in FINAL_NORM_NAMES:
+        if isinstance(getattr(stack, name, None), torch.nn.Module):
+            setattr(stack, name, torch.nn.Identity())
+            return
+    raise NlakitError(f"cannot find the final norm of {type(model).__name__} to remove")
+
+
 def load_config(name: str | Path, num_layers: int | None = None):
-    """The model config, truncated to `num_layers` blocks *before* loading, so the later layers are never read."""
+    """The language model's config (a multimodal wrapper's `text_config`), truncated to `num_layers` blocks *before*
+    loading, so the later layers are never read."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(model_path(name))
+    cfg = text_config(AutoConfig.from_pretrained(model_path(name)))
     if num_layers is not None:
         total = cfg.num_hidden_layers
         if not 1 <= num_layers <= total:
             raise NlakitError(f"cannot keep {num_layers} blocks: {name} has {total} (valid layers are 0..{total - 1})")
-        for attr in ("layer_types", "sliding_window_pattern", "no_rope_layers"):
+        for attr in PER_LAYER_ATTRS:
             value = getattr(cfg, attr, None)
             if isinstance(value, list) and len(value) == total:
                 setattr(cfg, attr, value[:num_layers])
@@ -203,48 +393,55 @@ def load_config(name: str | Path, num_layers: int | None = None):
     return cfg
 
 
-def num_layers_of(name: str | Path) -> int:
-    return int(load_config(name).num_hidden_layers)
+def _load(auto_cls, name, num_layers, device, dtype, device_map):
+    from transformers import AutoConfig
+
+    configure_threads()
+    path = model_path(name)
+    cfg = load_config(name, num_layers)
+    kwargs = {"config": cfg, "dtype": resolve_dtype(dtype, device)}
+    if is_multimodal(AutoConfig.from_pretrained(path)):
+        kwargs["key_mapping"] = TEXT_KEY_MAPPING  # text-only model from a multimodal checkpoint; vision tower skipped
+    if device_map is not None:
+        kwargs["device_map"] = device_map  # accelerate places (and shards) the weights as it loads them
+    with _quiet_transformers():
+        model = auto_cls.from_pretrained(path, **kwargs)
+    return (model if device_map is not None else model.to(device)).eval()
 
 
 def load_causal_lm(
-    name: str | Path, *, num_layers: int | None = None, device: str = "cpu", dtype: str | torch.dtype | None = "auto"
+    name: str | Path,
+    *,
+    num_layers: int | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict | None = None,
 ):
-    """A causal LM (with lm_head), optionally truncated to its first `num_layers` blocks."""
+    """A text causal LM (with lm_head), optionally truncated to its first `num_layers` blocks. A multimodal
+    checkpoint (Gemma-3) loads as its text-only LM. `device_map` ("auto", "cpu", {module: device}) places a model
+    too big for one device across devices through accelerate; sharded checkpoints load either way."""
     from transformers import AutoModelForCausalLM
 
-    configure_threads()
-    cfg = load_config(name, num_layers)
-    with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(model_path(name), config=cfg, dtype=resolve_dtype(dtype, device))
-    return model.to(device).eval()
+    return _load(AutoModelForCausalLM, name, num_layers, device, dtype, device_map)
 
 
 def load_backbone(
-    name: str | Path, *, num_layers: int | None = None, device: str = "cpu", dtype: str | torch.dtype | None = "auto"
+    name: str | Path,
+    *,
+    num_layers: int | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict | None = None,
 ):
-    """The decoder stack without lm_head (e.g. `LlamaModel`), optionally truncated to `num_layers` blocks."""
+    """The decoder stack without lm_head (e.g. `LlamaModel`, Gemma-3's text model), optionally truncated."""
     from transformers import AutoModel
 
-    configure_threads()
-    cfg = load_config(name, num_layers)
-    with _quiet_transformers():
-        model = AutoModel.from_pretrained(model_path(name), config=cfg, dtype=resolve_dtype(dtype, device))
-    return model.to(device).eval()
+    return _load(AutoModel, name, num_layers, device, dtype, device_map)
 
 
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The list of transformer blocks of a HF causal LM or its backbone."""
-    for path in ("model.layers", "layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "h"):
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise NlakitError(f"cannot find the decoder blocks of {type(model).__name__}; this architecture is not supported")
+def model_device(model) -> torch.device:
+    """Where a model's inputs go: its input embedding's device (the first device under a device_map)."""
+    return model.get_input_embeddings().weight.device
 
 
 @dataclass(frozen=True)

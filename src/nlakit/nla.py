@@ -25,6 +25,7 @@ from nlakit.maths import cosine, fve_nrm, mse_nrm
 from nlakit.meta import META_NAME, read_yaml, write_yaml
 
 PACKAGED = Path(__file__).parent / "assets" / "nla"
+VALUE_HEAD_FILE = "value_head.safetensors"
 EXPLAIN_BATCH = 64  # positions per AV generation in `NLA.explain`
 
 
@@ -39,6 +40,13 @@ def resolve_nla_path(name: str | Path) -> Path:
     raise NlakitError(
         f"no NLA at {name!r}; pass a folder with av/ and ar/, or a shipped name ({', '.join(shipped) or 'none'})"
     )
+
+
+@dataclass
+class ActivationCache:
+    ids: list[int]
+    resid: torch.Tensor  # [T, d] residual stream after block K, float32 on the CPU
+    logits: torch.Tensor | None  # [n, V] next-token logits at the positions asked for, or None
 
 
 @dataclass
@@ -72,6 +80,8 @@ class NLA:
         self.av, self.ar = av, ar
         self._target = self._target_lm = self._target_tok = None
         self.dtype = "auto"
+        self.device_map: str | dict | None = None
+        self.rawvar_override: float | None = None  # --rawvar, or computed from --data (rawvar_from_data)
         meta = (av or ar).meta
         self.target, self.layer, self.d_model = (
             meta.target or meta.base_checkpoint,
@@ -88,32 +98,67 @@ class NLA:
         ar: str | Path | None = None,
         device: str = "cpu",
         dtype="auto",
+        target: str | Path | None = None,
+        layer: int | None = None,
+        injection_scale: float | None = None,
+        rawvar: float | None = None,
+        device_map: str | dict | None = None,
     ) -> NLA:
+        """Load an NLA folder (av/ + ar/) or separate `av`/`ar` folders (the reference's releases).
+
+        `target`: a local folder for the model whose activations are explained (released sidecars name a Hub id);
+        it is also the base of adapter checkpoints whose base is that same model. `layer`: K for an AV whose
+        sidecar records none (an unscrubbed `actor` sidecar) and no AR to take it from. `injection_scale`:
+        overrides the AV sidecar's. `rawvar`: the FVE denominator when the AR sidecar records none.
+        `device_map`: accelerate placement for models too big for one device."""
         if path is not None:
             root = resolve_nla_path(path)
             av = av or (root / "av" if (root / "av" / META_NAME).is_file() else None)
             ar = ar or (root / "ar" if (root / "ar" / META_NAME).is_file() else None)
             if av is None and ar is None:
                 raise NlakitError(f"{root} has neither av/{META_NAME} nor ar/{META_NAME}; is it an NLA folder?")
+        kw = {"device": device, "dtype": dtype, "device_map": device_map}
         nla = cls(
-            AV.from_pretrained(av, device=device, dtype=dtype) if av else None,
-            AR.from_pretrained(ar, device=device, dtype=dtype) if ar else None,
+            AV.from_pretrained(av, injection_scale=injection_scale, **kw, **_base_for(av, target)) if av else None,
+            AR.from_pretrained(ar, **kw, **_base_for(ar, target)) if ar else None,
         )
-        nla.dtype = dtype
+        if layer is not None:
+            if nla.layer >= 0 and nla.layer != layer:
+                raise NlakitError(f"--layer {layer} disagrees with the sidecars' layer {nla.layer}")
+            nla.layer = layer
+            for side in (nla.av, nla.ar):
+                if side is not None:
+                    side.meta.extraction_layer_index = layer
+        if target is not None:
+            nla.target = str(target)
+        nla.dtype, nla.device_map, nla.rawvar_override = dtype, device_map, rawvar
         return nla
 
     @property
     def rawvar(self) -> float | None:
-        """The training distribution's FVE denominator, recorded in the AR sidecar by AR SFT."""
+        """The FVE denominator: given (`rawvar=`, `--rawvar`, `--data`), else recorded in the AR sidecar by AR SFT
+        (released sidecars record none: then fve is None unless one is given)."""
+        if self.rawvar_override:
+            return self.rawvar_override
         return ((self.ar.meta.training or {}).get("rawvar_baseline") if self.ar else None) or None
+
+    def _check_layer(self) -> None:
+        if self.layer < 0:
+            raise NlakitError(
+                "the AV sidecar records no extraction layer (an unscrubbed `actor` sidecar): pass --layer K "
+                "(layer=K) or load its AR, whose sidecar records it"
+            )
 
     def target_backbone(self):
         """The target truncated to blocks 0..K (loaded once), for reading activations."""
         if self._target is None:
             from nlakit.models import load_backbone
 
+            self._check_layer()
             device = (self.av or self.ar).device
-            self._target = load_backbone(self.target, num_layers=self.layer + 1, device=str(device), dtype=self.dtype)
+            self._target = load_backbone(
+                self.target, num_layers=self.layer + 1, device=str(device), dtype=self.dtype, device_map=self.device_map
+            )
         return self._target
 
     def target_lm(self):
@@ -122,7 +167,9 @@ class NLA:
             from nlakit.models import load_causal_lm
 
             device = (self.av or self.ar).device
-            self._target_lm = load_causal_lm(self.target, device=str(device), dtype=self.dtype)
+            self._target_lm = load_causal_lm(
+                self.target, device=str(device), dtype=self.dtype, device_map=self.device_map
+            )
         return self._target_lm
 
     def target_tokenizer(self):
@@ -139,23 +186,30 @@ class NLA:
         return self.target_tokenizer()(text, add_special_tokens=True, truncation=True, max_length=1024)["input_ids"]
 
     @torch.no_grad()
+    def run_with_cache(self, text: str | list[int], logits: bool | list[int] = False) -> ActivationCache:
+        """The one activation reader (TransformerLens's `run_with_cache`): token ids of `text` (as `tokenize`, or
+        given), the layer-K residual stream at every position, and optionally the next-token logits: `logits=True`
+        at every position, a list of positions only there (a 49k-wide LM head at every position is most of the
+        cost). Without logits only blocks 0..K run."""
+        ids = self.tokenize(text) if isinstance(text, str) else list(text)
+        model = self.target_backbone() if logits is False else self.target_lm()
+        kw = {} if logits is False else {"logits_to_keep": torch.tensor(range(len(ids)) if logits is True else logits)}
+        with LayerCapture(model, [self.layer]) as cap:
+            out = model(input_ids=torch.tensor([ids], device=next(model.parameters()).device), use_cache=False, **kw)
+        resid = cap.outputs[self.layer][0].float().cpu()
+        return ActivationCache(ids, resid, None if logits is False else out.logits[0].float().cpu())
+
     def activations(self, text: str) -> tuple[list[int], torch.Tensor]:
-        """Token ids of `text` (`tokenize`) and the layer-K residual stream at every position [T, d]."""
-        ids = self.tokenize(text)
-        model = self.target_backbone()
-        cap = LayerCapture(model, [self.layer])
-        try:
-            model(input_ids=torch.tensor([ids], device=next(model.parameters()).device), use_cache=False)
-        finally:
-            cap.remove()
-        return ids, cap.outputs[self.layer][0].float().cpu()
+        """Token ids of `text` and the layer-K residual stream at every position [T, d] (`run_with_cache`)."""
+        cache = self.run_with_cache(text)
+        return cache.ids, cache.resid
 
     def explain(
         self,
         text: str,
         positions: list[int] | None = None,
         *,
-        max_new_tokens: int = 120,
+        max_new_tokens: int | None = None,
         temperature: float = 0.0,
         seed: int | None = None,
         batch_size: int = EXPLAIN_BATCH,
@@ -230,14 +284,37 @@ class NLA:
         return score_texts(self.ar, texts, gold)
 
 
+def _base_for(folder: str | Path, target: str | Path | None) -> dict:
+    """`base=target` for a checkpoint whose base is its target (adapters over a Hub-id base); a different base (an
+    AV or AR on another model) is left to its sidecar."""
+    if target is None:
+        return {}
+    meta = read_yaml(Path(folder) / META_NAME)
+    base = meta.get("base_checkpoint", "")
+    return {"base": target} if base == meta.get("target", base) else {}
+
+
+def rawvar_from_data(path: str | Path, max_rows: int = 50_000) -> float:
+    """The FVE denominator of a dataset's activations (the reference's rawvar baseline over up to 50k rows)."""
+    from nlakit import dataset as ds
+    from nlakit.maths import rawvar_baseline
+
+    vectors = ds.vectors_of(ds.read_table(path, ["activation_vector"]).slice(0, max_rows))
+    if len(vectors) < 2:
+        raise NlakitError(f"{path} has {len(vectors)} vectors; rawvar needs at least 2")
+    return rawvar_baseline(torch.from_numpy(vectors))
+
+
 def score_texts(ar: AR, texts: list[str], gold: torch.Tensor) -> dict[str, torch.Tensor]:
+    """mse_nrm, cos and the reconstructions `pred` (zero rows for empty texts, which score mse 2, cos 0)."""
     mse, cos = torch.full((len(texts),), 2.0), torch.zeros(len(texts))
+    pred = torch.zeros(len(texts), gold.shape[-1])
     keep = [i for i, t in enumerate(texts) if t.strip()]
     if keep:
-        pred = ar.reconstruct([texts[i] for i in keep])
-        mse[keep] = mse_nrm(pred, gold[keep], ar.meta.mse_scale)
-        cos[keep] = cosine(pred, gold[keep])
-    return {"mse_nrm": mse, "cos": cos}
+        pred[keep] = ar.reconstruct([texts[i] for i in keep])
+        mse[keep] = mse_nrm(pred[keep], gold[keep], ar.meta.mse_scale)
+        cos[keep] = cosine(pred[keep], gold[keep])
+    return {"mse_nrm": mse, "cos": cos, "pred": pred}
 
 
 def write_pair_meta(path: str | Path) -> None:
@@ -258,10 +335,67 @@ def write_pair_meta(path: str | Path) -> None:
     write_yaml(path / META_NAME, data)
 
 
-def export(src: str | Path, dest: str | Path, dtype: str = "bfloat16") -> dict[str, int]:
-    """Copy an NLA folder for shipping, with LoRA adapter weights stored in `dtype` (half the bytes in bf16; they are
-    cast back to the base model's dtype on load). Returns the bytes of each written file."""
+def export_merged(
+    src: str | Path, dest: str | Path, dtype: str = "bfloat16", target: str | Path | None = None
+) -> dict[str, int]:
+    """Write an NLA with full weights in the reference's release layout, LoRA merged in:
+    - `av/`: the whole causal LM, tokenizer, sidecar (role av, with extraction_layer_index);
+    - `ar/`: a causal LM of K+1 blocks whose final norm and lm_head are Identity (so neither is saved),
+      `value_head.safetensors` ({"weight": [d, d]}), the tokenizer saved with right padding, sidecar (role ar,
+      critic.extraction_layer_index).
+    The reference's `NLAClient`/`NLACritic` (and nlakit) load these folders as they load a released NLA."""
     import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from nlakit.meta import write_model_meta
+    from nlakit.models import _quiet_transformers, final_norm_to_identity, parse_dtype
+
+    want = parse_dtype(dtype)
+    src, dest = resolve_nla_path(src), Path(dest)
+    if dest.resolve() == src.resolve():
+        raise NlakitError("export needs a destination other than the source folder")
+    nla = NLA.from_pretrained(src, dtype="float32", target=target)  # adapters merged on load (trainable=False)
+    sizes: dict[str, int] = {}
+    with _quiet_transformers():
+        if nla.av is not None:
+            out = dest / "av"
+            nla.av.model.to(want).save_pretrained(out)
+            nla.av.tok.save_pretrained(out)
+            if (src / "av" / "input_proj.safetensors").is_file():
+                shutil.copyfile(src / "av" / "input_proj.safetensors", out / "input_proj.safetensors")
+            write_model_meta(out, nla.av.meta)
+        if nla.ar is not None:
+            out = dest / "ar"
+            backbone = nla.ar.backbone
+            causal = AutoModelForCausalLM.from_config(backbone.config)
+            causal.model = backbone  # the truncated, merged stack; its final norm is already Identity
+            final_norm_to_identity(causal)
+            causal.lm_head = torch.nn.Identity()
+            causal.config.tie_word_embeddings = False  # nothing to tie: the AR has no lm_head
+            causal.to(want).save_pretrained(out)
+            tok = nla.ar.tok
+            tok.padding_side = "right"
+            tok.save_pretrained(out)
+            weight = nla.ar.value_head.weight.detach().to(want).contiguous().cpu()
+            save_file({"weight": weight}, out / VALUE_HEAD_FILE)
+            write_model_meta(out, nla.ar.meta)
+    write_pair_meta(dest)
+    for f in sorted(dest.rglob("*")):
+        if f.is_file():
+            sizes[str(f.relative_to(dest))] = f.stat().st_size
+    return sizes
+
+
+def export(src: str | Path, dest: str | Path, dtype: str = "bfloat16", merge: bool = False) -> dict[str, int]:
+    """Copy an NLA folder for shipping, with LoRA adapter weights stored in `dtype` (half the bytes in bf16; they are
+    cast back to the base model's dtype on load). Returns the bytes of each written file. `merge=True` writes full
+    weights in the reference's release layout instead (`export_merged`)."""
+    import shutil
+
+    if merge:
+        return export_merged(src, dest, dtype)
 
     from safetensors.torch import load_file, save_file
 
@@ -270,9 +404,9 @@ def export(src: str | Path, dest: str | Path, dtype: str = "bfloat16") -> dict[s
     src, dest = resolve_nla_path(src), Path(dest)
     if dest.resolve() == src.resolve():
         raise NlakitError("export needs a destination other than the source folder")
-    want = getattr(torch, dtype, None)
-    if not isinstance(want, torch.dtype):
-        raise NlakitError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
+    from nlakit.models import parse_dtype
+
+    want = parse_dtype(dtype)
     sizes = {}
     for f in sorted(src.rglob("*")):
         if not f.is_file() or f.parts[len(src.parts)].startswith("train"):

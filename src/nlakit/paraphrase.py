@@ -31,6 +31,11 @@ SYNONYMS = {
     "ends": "finishes",
     "important": "key",
     "model": "network",
+    "recent": "latest",
+    "predicted": "expected",
+    "chat": "conversation",
+    "capitalised": "capitalized",
+    "preposition": "prepositional word",
 }
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -49,7 +54,21 @@ def shuffle_units(text: str, rng: random.Random) -> str:
     return ("\n\n" if "\n\n" in text else " ").join(units)
 
 
+def shuffle_units_keep_last(text: str, rng: random.Random) -> str:
+    """Reorder the units but the last (the final token and its predictions stay where readers look for them)."""
+    units = split_units(text) if "\n\n" in text else [u for u in text.split("\n") if u.strip()]
+    head = units[:-1]
+    rng.shuffle(head)
+    sep = "\n\n" if "\n\n" in text else "\n"
+    return sep.join(head + units[-1:])
+
+
+_QUOTED = re.compile(r"([\"\u201c][^\"\u201d]*[\"\u201d])")
+
+
 def synonym_rewrite(text: str, rng: random.Random, rate: float = 0.7) -> str:
+    """Replace some words by synonyms, never inside quotes: quoted words are the literal content (tokens, next-token
+    guesses), and a synonym there would change what the explanation says."""
     table = {**SYNONYMS, **{v: k for k, v in SYNONYMS.items() if " " not in v}}
 
     def swap(m: re.Match) -> str:
@@ -59,11 +78,17 @@ def synonym_rewrite(text: str, rng: random.Random, rate: float = 0.7) -> str:
             return w
         return rep.capitalize() if w[0].isupper() else rep
 
-    return _WORD.sub(swap, text)
+    parts = _QUOTED.split(text)  # odd indices are the quoted spans
+    return "".join(p if i % 2 else _WORD.sub(swap, p) for i, p in enumerate(parts))
+
+
+def remove_quote_marks(text: str) -> str:
+    """Meaning-preserving: the quotation marks go, the quoted words stay."""
+    return re.sub(r"[\"\u201c\u201d]", "", text)
 
 
 def remove_quotes(text: str) -> str:
-    """Drop quoted spans (the most literal channel of an explanation)."""
+    """Content ablation, not a paraphrase: drop quoted spans (the most literal channel of an explanation)."""
     return re.sub(r"\s*[\"“][^\"”]*[\"”]", "", text)
 
 
@@ -79,5 +104,6 @@ def shuffle_words(text: str, rng: random.Random) -> str:
 
 
 def paraphrase(text: str, rng: random.Random) -> str:
-    """A meaning-preserving rewrite: units reordered and some words replaced by synonyms."""
-    return synonym_rewrite(shuffle_units(text, rng), rng)
+    """A meaning-preserving rewrite for AR training: units reordered (the last stays last) and some words outside
+    quotes replaced by synonyms."""
+    return synonym_rewrite(shuffle_units_keep_last(text, rng), rng)

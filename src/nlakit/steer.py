@@ -2,20 +2,27 @@
 
 Two uses, one mechanism (`ResidualPatch`):
 - round-trip patching: replace h at a position by AR(AV(h)) and compare the next-token distribution (eval);
-- text-edit steering: add alpha * (AR(edited) - AR(original)) at a position and continue generating (eval, web, CLI).
+- text-edit steering (the paper's rule): h <- h + alpha * |h| * delta / |delta| with delta = AR(edited) - AR(original),
+  added at a position before the target continues (eval, web, CLI). alpha is a fraction of the activation's own
+  norm, so one alpha means the same push at every layer and token.
 
-The AR predicts a direction; its raw norm is not trained (the loss compares normalised vectors), so every
-reconstruction is rescaled to the norm of the activation it stands in for (`match_norm`).
+The AR predicts a direction; its raw norm is not trained (the loss compares normalised vectors), so a reconstruction
+patched in for h is rescaled to h's norm (`match_norm`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from nlakit.batch import right_pad
 from nlakit.errors import NlakitError
 from nlakit.models import decoder_layers
+
+if TYPE_CHECKING:
+    from nlakit.nla import NLA
 
 
 @dataclass
@@ -64,6 +71,15 @@ class ResidualPatch:
         self._handle.remove()
 
 
+def steering_vector(h: torch.Tensor, original: torch.Tensor, edited: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * |h| * delta / |delta| with delta = edited - original (raw AR outputs); rows broadcast."""
+    delta = edited.float() - original.float()
+    norm = delta.norm(dim=-1, keepdim=True)
+    if bool((norm == 0).any()):
+        raise NlakitError("the edited explanation reconstructs to the same vector as the original; edit its content")
+    return alpha * h.float().norm(dim=-1, keepdim=True) * delta / norm
+
+
 def match_norm(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Rescale each row of `vectors` to the L2 norm of the matching row of `like`."""
     v, ref = vectors.float(), like.float()
@@ -71,30 +87,31 @@ def match_norm(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def next_token_logprobs(model, ids: list[int], positions: list[int], layer: int, vectors=None, mode="replace"):
-    """Log-probs of the token after each position [n, V]: row i runs `ids[: positions[i] + 1]` with `vectors[i]`
-    written at layer `layer`, position `positions[i]` (no edit when `vectors` is None).
+def next_token_logprobs(
+    model, ids: list[int], positions: list[int], layer: int, vectors=None, mode="replace", read: list[int] | None = None
+):
+    """Log-probs of the next token [n, V]: row i writes `vectors[i]` at layer `layer`, position `positions[i]` (no
+    edit when `vectors` is None) and reads the prediction after position `read[i]` (default: `positions[i]`; a later
+    read shows an edit's effect downstream, e.g. a rhyme planned at a line break).
 
     Rows are right-padded copies of the text, so one batched forward serves all positions."""
     if not positions:
         return torch.empty(0, 0)
-    n, length = len(positions), max(positions) + 1
+    read = positions if read is None else read
+    n = len(positions)
     dev = next(model.parameters()).device
-    input_ids = torch.tensor([ids[:length]] * n, device=dev)
-    mask = torch.zeros(n, length, dtype=torch.long, device=dev)
-    for i, p in enumerate(positions):
-        mask[i, : p + 1] = 1
+    input_ids, mask = (t.to(dev) for t in right_pad([ids[: p + 1] for p in read], 0))
     edits = [] if vectors is None else [Edit(i, p, vectors[i], mode) for i, p in enumerate(positions)]
     with ResidualPatch(model, layer, edits):
         # the decoder stack, then the LM head only at the positions read ([n, V], not [n, T, V])
         hidden = getattr(model, model.base_model_prefix)(input_ids=input_ids, attention_mask=mask, use_cache=False)
     rows = torch.arange(n, device=dev)
-    last = hidden.last_hidden_state[rows, torch.tensor(positions, device=dev)]
+    last = hidden.last_hidden_state[rows, torch.tensor(read, device=dev)]
     return torch.log_softmax(model.get_output_embeddings()(last).float(), -1).cpu()
 
 
 @torch.no_grad()
-def greedy_continuation(nla, ids: list[int], max_new_tokens: int, edits: list[Edit] | None = None) -> list[int]:
+def greedy_continuation(nla: NLA, ids: list[int], max_new_tokens: int, edits: list[Edit] | None = None) -> list[int]:
     """The target's greedy continuation of `ids` (new token ids only), with `edits` applied at layer K."""
     model, tok = nla.target_lm(), nla.target_tokenizer()
     inp = torch.tensor([ids], device=next(model.parameters()).device)
@@ -124,7 +141,7 @@ class SteerResult:
 
 @torch.no_grad()
 def steer(
-    nla,
+    nla: NLA,
     prompt: str,
     original: str,
     edited: str,
@@ -133,8 +150,8 @@ def steer(
     alpha: float = 1.0,
     max_new_tokens: int = 30,
 ) -> SteerResult:
-    """Steer the target by an explanation edit: delta = AR(edited) - AR(original), both at the norm of the real
-    activation, added with scale `alpha` at token `position` of `prompt` (negative counts from the end)."""
+    """Steer the target by an explanation edit: `steering_vector` (alpha * |h| * delta / |delta|, delta =
+    AR(edited) - AR(original)) added at token `position` of `prompt` (negative counts from the end)."""
     if nla.ar is None:
         raise NlakitError("steering needs an AR; load one with ar=PATH")
     if not original.strip() or not edited.strip():
@@ -144,8 +161,8 @@ def steer(
     if not 0 <= pos < len(ids):
         raise NlakitError(f"position {position} is outside the prompt's {len(ids)} tokens")
     h = acts[pos : pos + 1]
-    rec = match_norm(nla.reconstruct([original, edited]), h.expand(2, -1))
-    delta = alpha * (rec[1] - rec[0])
+    rec = nla.reconstruct([original, edited])
+    delta = steering_vector(h, rec[:1], rec[1:], alpha)[0]
     tok = nla.target_tokenizer()
     outs = [
         tok.decode(greedy_continuation(nla, ids, max_new_tokens, edits), skip_special_tokens=True)

@@ -44,20 +44,26 @@ class _ChatExplainer(Explainer):
     """Shared request machinery; subclasses describe their API's URL, headers, request and reply shape."""
 
     official_host: str  # the vendor's own host, where an API key is mandatory
+    # what a subclass fills in when the caller does not say
+    default_model: str | None = None
+    default_base_url: str
+    default_key_env: str
 
     def __init__(
         self,
-        model: str,
-        base_url: str,
-        api_key_env: str,
-        max_tokens: int,
-        temperature: float,
-        concurrency: int,
-        max_retries: int,
-        timeout: float,
-        backoff: float,
+        model: str | None = None,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+        max_tokens: int = 300,
+        temperature: float = 1.0,
+        concurrency: int = 8,
+        max_retries: int = 6,
+        timeout: float = 60.0,
+        backoff: float = 1.0,
     ):
         super().__init__()
+        model = model or self.default_model
+        base_url, api_key_env = base_url or self.default_base_url, api_key_env or self.default_key_env
         if not model:
             raise NlakitError(f"{self.name} explainer needs a model name; pass model=...")
         if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_tokens < 1:
@@ -225,22 +231,8 @@ class OpenAIExplainer(_ChatExplainer):
 
     name = "openai"
     official_host = "api.openai.com"
-
-    def __init__(
-        self,
-        model: str,
-        base_url: str = "https://api.openai.com/v1",
-        api_key_env: str = "OPENAI_API_KEY",
-        max_tokens: int = 300,
-        temperature: float = 1.0,
-        concurrency: int = 8,
-        max_retries: int = 6,
-        timeout: float = 60.0,
-        backoff: float = 1.0,
-    ):
-        super().__init__(
-            model, base_url, api_key_env, max_tokens, temperature, concurrency, max_retries, timeout, backoff
-        )
+    default_base_url = "https://api.openai.com/v1"
+    default_key_env = "OPENAI_API_KEY"
 
     def _endpoint(self) -> str:
         return f"{self.base_url}/chat/completions"
@@ -274,22 +266,9 @@ class AnthropicExplainer(_ChatExplainer):
     name = "anthropic"
     official_host = "api.anthropic.com"
     api_version = "2023-06-01"
-
-    def __init__(
-        self,
-        model: str = "claude-haiku-4-5-20251001",
-        base_url: str = "https://api.anthropic.com",
-        api_key_env: str = "ANTHROPIC_API_KEY",
-        max_tokens: int = 300,
-        temperature: float = 1.0,
-        concurrency: int = 8,
-        max_retries: int = 6,
-        timeout: float = 60.0,
-        backoff: float = 1.0,
-    ):
-        super().__init__(
-            model, base_url, api_key_env, max_tokens, temperature, concurrency, max_retries, timeout, backoff
-        )
+    default_model = "claude-haiku-4-5-20251001"
+    default_base_url = "https://api.anthropic.com"
+    default_key_env = "ANTHROPIC_API_KEY"
 
     def _endpoint(self) -> str:
         return f"{self.base_url}/v1/messages"

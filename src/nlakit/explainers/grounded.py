@@ -1,24 +1,32 @@
-"""The offline, free default explainer: 2-3 features written from the context and from the target model itself.
+"""The offline, free default explainer: what the target itself shows at a position, in one fixed format.
 
-1. genre and topic: keywords of the context and register cues (list, code, dialogue, numbers, formal prose);
-2. the phrase in progress, with a short quote;
-3. the final token's role, and the target's own top next-token predictions read from its logits there.
+    Prose about Chechnya, Russia and republic.
+    Recent words: "is a republic of Russia in".
+    Current token: "in", a preposition.
+    Predicted next: "the", "southern", "North" or "Eastern".
 
-Wording comes from seeded templates keyed by the context, so the same row always gets the same text while the AV
-does not learn one fixed sentence. Contexts that are prefixes of one another (positions of one document) share a
-forward pass.
+1. register and topic: the register from surface cues (chat turns are exact) and the three most topical words
+   (tf-idf against the wiki corpus, weighted toward recent words);
+2. the last six whole words of the context (never a sub-word fragment);
+3. the final token and its role;
+4. the target's own top next-token predictions, read from its logits there.
+
+The wording is fixed and every field is a function of the context: the AV can learn all of it from the vector,
+and no SFT capacity goes to imitating seeded noise. Contexts that are prefixes of one another (positions of one
+document) share a forward pass.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
+import functools
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
 
 import torch
 
+from nlakit.batch import right_pad
 from nlakit.explainers.base import Explainer
 from nlakit.models import load_causal_lm, load_tokenizer
 
@@ -39,47 +47,66 @@ RELATIVES = frozenset("that which who whom whose where when".split())
 AUXILIARIES = frozenset("is are was were be been being has have had do does did will would can could may might".split())
 PRONOUNS = frozenset("he she it they we you i him her them us".split())
 
-TOPIC = (
-    "{Register} about {topic}.",
-    "The text is {register} on {topic}.",
-    "Genre: {register}; the subject is {topic}.",
-    "This reads as {register} discussing {topic}.",
-)
-PHRASE = (
-    'The phrase in progress is "{quote}".',
-    'It is in the middle of the phrase "{quote}".',
-    'The current clause reads "{quote}".',
-    'Most recent words: "{quote}".',
-)
-FINAL = (
-    'The final token "{token}" is {role}; the model expects {preds} next.',
-    'Last token: "{token}", {role}. Likely continuations: {preds}.',
-    'It ends on "{token}", {role}, and predicts {preds} to follow.',
-    'The sequence stops at "{token}" ({role}); top next-token guesses are {preds}.',
-)
+# chat-template markers are structure, not words: they set the register and are dropped from quotes and keywords
+_CHAT_TURN = re.compile(r"<\|im_start\|>(\w+)\n?")
+_SPECIAL = re.compile(r"<\|[^|>]{1,40}\|>")
+QUOTE_WORDS = 6
+TOP_K = 4
 
 
 def register_of(text: str) -> str:
-    """A coarse register label from surface cues."""
-    if re.search(r"[{};]\s*$|\bdef |\breturn\b|=>|\)\s*\{", text):
-        return "piece of source code"
-    if re.search(r"(^|\n)\s*([-*•]|\d+[.)])\s", text):
-        return "list"
-    if text.count('"') >= 2 or re.search(r"(^|\n)\w+:\s", text):
-        return "passage with dialogue or quotation"
-    if len(re.findall(r"\d", text)) > max(8, len(text) // 25):
-        return "fact-dense passage full of dates and figures"
-    return "encyclopedic passage in formal expository prose"
+    """A coarse register label from surface cues; chat is exact (the template's turn markers)."""
+    turns = _CHAT_TURN.findall(text)
+    if turns:
+        return {"user": "Chat, the user writing", "assistant": "Chat, the assistant replying"}.get(
+            turns[-1], "Chat, the system prompt"
+        )
+    if re.search(r"^\s*(def |class |import |from \w+ import|return\b|self\.)|[{};]\s*$|=>", text, re.M):
+        return "Source code"
+    if re.search(r"(^|\n)\s*([-*\u2022]|\d+[.)]|Step \d+)\s", text):
+        return "A list of steps or items"
+    if re.search(r"[\"\u201c][^\"\u201d]{2,}[\"\u201d],? (said|asked|replied|whispered|shouted)", text):
+        return "A story with dialogue"
+    return "Prose"
+
+
+def plain_text(context: str) -> str:
+    """The context without chat-template markers (turn names become line breaks)."""
+    return _SPECIAL.sub(" ", _CHAT_TURN.sub("\n", context))
+
+
+@functools.lru_cache(maxsize=1)
+def word_idf() -> dict[str, float]:
+    """Inverse document frequency of lower-cased words over the embedded wiki corpus: rare words name topics."""
+    from nlakit.corpus import load_corpus
+
+    docs = load_corpus("wiki")
+    df: Counter[str] = Counter()
+    for d in docs:
+        df.update({w.lower() for w in _WORDS.findall(d.text)})
+    n = len(docs)
+    return {w: math.log((n + 1) / (c + 1)) for w, c in df.items()}
+
+
+_WORDS = re.compile(r"[^\W\d_][\w\-']{2,}")
 
 
 def keywords(text: str, k: int = 3) -> list[str]:
-    """Most frequent content words, earlier first among ties; capitalised names kept as written."""
-    words = re.findall(r"[^\W\d_][\w\-']{2,}", text)
-    counts = Counter(w.lower() for w in words if w.lower() not in STOPWORDS)
+    """The k most topical words: tf-idf (wiki idf) weighted toward recent words; capitalisation kept as written.
+    Ties keep the later word (closer to the position the vector was read at)."""
+    idf = word_idf()
+    top_idf = math.log(len(idf) + 1)
+    words = _WORDS.findall(text)
+    score: dict[str, float] = {}
     first: dict[str, str] = {}
-    for w in words:
-        first.setdefault(w.lower(), w)
-    ranked = sorted(counts, key=lambda w: (-counts[w], text.lower().find(w)))
+    for i, w in enumerate(words):
+        low = w.lower()
+        if low in STOPWORDS:
+            continue
+        recency = 0.5 + 0.5 * (i + 1) / len(words)
+        score[low] = score.get(low, 0.0) + recency * idf.get(low, top_idf)
+        first.setdefault(low, w)
+    ranked = sorted(score, key=lambda w: -score[w])
     return [first[w] for w in ranked[:k]]
 
 
@@ -87,40 +114,36 @@ def token_role(token: str, previous: str) -> str:
     t = token.strip()
     low = t.lower()
     if not t:
-        return "whitespace, a break before new text"
+        return "a line break" if "\n" in token else "a space"
     if t in ",;:":
-        return "punctuation that continues the sentence"
+        return "punctuation inside a sentence"
     if t in ".!?":
-        return "end-of-sentence punctuation, so a new sentence starts"
-    if t in "([{\"'“‘":
-        return "an opening bracket or quote that must be closed"
-    if t in ")]}\"'”’":
+        return "the end of a sentence"
+    if t in "([{\"'\u201c\u2018":
+        return "an opening bracket or quote"
+    if t in ")]}\"'\u201d\u2019":
         return "a closing bracket or quote"
     if t.isdigit():
-        return "part of a number or date"
+        return "part of a number"
     if not token.startswith(" ") and previous[-1:].isalnum():
-        return "a word fragment completing the previous word"
+        return "the end of a longer word"
     if low in DETERMINERS:
-        return "a determiner, so a noun phrase should follow"
+        return "a determiner before a noun"
     if low in PREPOSITIONS:
-        return "a preposition that needs its object"
+        return "a preposition"
     if low in CONJUNCTIONS:
-        return "a conjunction joining two parts"
+        return "a conjunction"
     if low in RELATIVES:
-        return "a relative word opening a clause"
+        return "a word opening a clause"
     if low in AUXILIARIES:
-        return "an auxiliary or linking verb awaiting its complement"
+        return "a linking verb"
     if low in PRONOUNS:
-        return "a pronoun, likely followed by a verb"
+        return "a pronoun"
     if t[:1].isupper():
-        return "a capitalised word, likely part of a name"
+        return "a capitalised word"
     if low.endswith("ed") or low.endswith("ing"):
         return "a verb form"
     return "a content word"
-
-
-def _quote(words: list[str], n: int) -> str:
-    return " ".join(words[-n:]).strip()
 
 
 class GroundedExplainer(Explainer):
@@ -130,27 +153,20 @@ class GroundedExplainer(Explainer):
         self,
         model: str = "smollm2-135m",
         *,
-        seed: int = 0,
-        top_k: int = 3,
+        top_k: int = TOP_K,
         device: str = "cpu",
         dtype: str = "auto",
         batch_size: int = 16,
         max_tokens: int | None = None,
     ):
         super().__init__()
-        self.model_name, self.seed, self.top_k = model, seed, top_k
+        self.model_name, self.top_k = model, top_k
         self.device, self.dtype, self.batch_size, self.max_tokens = device, dtype, batch_size, max_tokens
         self._model = None
         self.tok = load_tokenizer(model)
 
     def settings(self) -> dict:
-        return {
-            "provider": self.name,
-            "model": self.model_name,
-            "seed": self.seed,
-            "top_k": self.top_k,
-            "templates": len(TOPIC) * len(PHRASE) * len(FINAL),
-        }
+        return {"provider": self.name, "model": self.model_name, "top_k": self.top_k, "format": "v2"}
 
     @property
     def model(self):
@@ -182,12 +198,7 @@ class GroundedExplainer(Explainer):
         out: list[list[int]] = [[] for _ in contexts]
         for b in range(0, len(groups), self.batch_size):
             batch = groups[b : b + self.batch_size]
-            width = max(len(ids[a]) for a, _ in batch)
-            x = torch.full((len(batch), width), self.tok.pad_token_id)
-            mask = torch.zeros_like(x)
-            for r, (a, _) in enumerate(batch):
-                x[r, : len(ids[a])] = torch.tensor(ids[a])
-                mask[r, : len(ids[a])] = 1
+            x, mask = right_pad([ids[a] for a, _ in batch], self.tok.pad_token_id)
             # the LM head only where a prediction is read (a 49k-wide head over every position is most of the cost)
             hidden = self.model.get_decoder()(input_ids=x.to(self.device), attention_mask=mask.to(self.device))
             rows = [(r, i) for r, (_, members) in enumerate(batch) for i in members]
@@ -200,23 +211,22 @@ class GroundedExplainer(Explainer):
         return out
 
     def compose(self, context: str, predictions: list[int]) -> str:
-        rng = random.Random(int.from_bytes(hashlib.sha256(f"{self.seed}|{context}".encode()).digest()[:8], "big"))
         ctx_ids = self.tok(context, add_special_tokens=False)["input_ids"]
         token = self.tok.decode(ctx_ids[-1:]) if ctx_ids else context[-1:]
         previous = self.tok.decode(ctx_ids[-2:-1]) if len(ctx_ids) > 1 else ""
-        register = register_of(context)
-        kws = keywords(context)
-        topic = ", ".join(kws[:-1]) + f" and {kws[-1]}" if len(kws) > 1 else (kws[0] if kws else "a general subject")
-        words = context.split()
-        quote = _quote(words, rng.choice((4, 5, 6, 7)))
-        preds = ", ".join(f'"{self.tok.decode([p]).strip() or self.tok.decode([p])}"' for p in predictions)
-        register = ("an " if register[0] in "aeiou" else "a ") + register
-        parts = [
-            rng.choice(TOPIC).format(Register=register[0].upper() + register[1:], register=register, topic=topic),
-            rng.choice(PHRASE).format(quote=quote),
-            rng.choice(FINAL).format(token=token.strip() or token, role=token_role(token, previous), preds=preds),
-        ]
-        return "\n\n".join(parts)
+        text = plain_text(context)
+        kws = keywords(text)
+        topic = ", ".join(kws[:-1]) + f" and {kws[-1]}" if len(kws) > 1 else (kws[0] if kws else "no clear topic")
+        quote = " ".join(text.split()[-QUOTE_WORDS:])
+        shown = token.strip() or token.replace("\n", "\\n")
+        preds = [self.tok.decode([p]).strip() or self.tok.decode([p]).replace("\n", "\\n") for p in predictions]
+        listed = ", ".join(f'"{p}"' for p in preds[:-1]) + f' or "{preds[-1]}"' if len(preds) > 1 else f'"{preds[0]}"'
+        return (
+            f"{register_of(context)} about {topic}.\n"
+            f'Recent words: "{quote}".\n'
+            f'Current token: "{shown}", {token_role(token, previous)}.\n'
+            f"Predicted next: {listed}."
+        )
 
     def explain(self, contexts: list[str], progress: Callable[[int], None] | None = None) -> list[str | None]:
         preds = self.top_predictions(contexts, progress)

@@ -32,17 +32,20 @@ class SFTConfig:
     schedule: str = "cosine"  # or "constant"
     batch_size: int = 8
     grad_accum: int = 1
-    max_steps: int = 500
+    max_steps: int = 500  # raise it to continue a finished run: it resumes from its last checkpoint
+    epochs: float | None = None  # when set, overrides max_steps: this many passes over the training pairs
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"  # weight dtype; compute goes through autocast
-    autocast: str = "bfloat16"  # or "none"
+    autocast: str = "auto"  # auto (bf16 only where the CPU/GPU runs it faster), bfloat16, float16 or none
     save_every: int = 100
     eval_every: int = 50
     log_every: int = 10
     eval_rows: int = 256
+    eval_fve_rows: int = 0  # AV: also verbalise this many val rows and score them with out/ar (0: loss only)
+    eval_max_new_tokens: int = 120
     max_length: int = 512
     injection_scale: float | None = None  # AV: None picks a round number a bit above the mean activation norm
     av_template: str | None = None  # AV prompt with one {injection_char}; None = the reference's template

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nlakit.io import atomic_write_text
+from nlakit.progress import progress_bar
 
 CKPT_PREFIX = "step_"
 
@@ -172,12 +174,54 @@ def start_run(run_dir: Path, config: dict[str, Any], seed: int) -> None:
 
 
 def autocast_context(name: str | None, device: str):
-    """bf16/fp16 autocast by name, or none; anything else is an error (fp16 with no grad scaler by accident is not)."""
+    """bf16/fp16 autocast by name, `auto` (bf16 where the dtype probe finds it faster: CUDA, AVX-512 bf16 CPUs;
+    none where bf16 is emulated, e.g. AVX2-only CPUs, 100x slower), or none; anything else is an error."""
     from nlakit.errors import NlakitError
+    from nlakit.models import DTYPES, resolve_dtype
 
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name == "auto":
+        name = "bfloat16" if resolve_dtype("auto", device) == torch.bfloat16 else "none"
     if name in (None, "", "none"):
         return torch.autocast(device_type=torch.device(device).type, enabled=False)
-    if name not in table:
+    dtype = DTYPES.get(name)
+    if dtype not in (torch.bfloat16, torch.float16):
         raise NlakitError(f"autocast {name!r} is not one of none, bfloat16, float16")
-    return torch.autocast(device_type=torch.device(device).type, dtype=table[name])
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def run_steps(
+    name: str,
+    start: int,
+    max_steps: int,
+    step: Callable[[int], dict[str, Any]],
+    *,
+    evaluate: Callable[[], dict[str, float]] | None,
+    checkpoint: Callable[[int], None],
+    metrics: Metrics | None,
+    eval_every: int,
+    log_every: int,
+    save_every: int,
+    is_main: bool = True,
+) -> dict[str, float]:
+    """The loop every recipe shares (torchtune's `train`): `step(i)` updates the weights and returns its log row;
+    evaluate, log and checkpoint on their cadences; Ctrl-C checkpoints the finished steps, so a run resumes there.
+    Returns the last evaluation."""
+    last_eval: dict[str, float] = {}
+    done = start
+    with progress_bar(name, total=max_steps, completed=start) as bar:
+        try:
+            for i in range(start, max_steps):
+                row = step(i)
+                done = i + 1  # from here on this step's update is in the weights
+                if evaluate is not None and is_main and (done % eval_every == 0 or done == max_steps):
+                    last_eval = evaluate()
+                    row.update(last_eval)
+                if metrics is not None and (done % log_every == 0 or last_eval.keys() & row.keys()):
+                    metrics.log(row)
+                if done % save_every == 0:
+                    checkpoint(done)
+                bar.advance(1)
+        except KeyboardInterrupt:
+            checkpoint(done)
+            raise
+    return last_eval

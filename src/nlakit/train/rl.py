@@ -17,23 +17,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nlakit.ar import AR
-from nlakit.av import AV, extract_explanation
+from nlakit.av import AV, Rollout
+from nlakit.dataset import Pairs, load_pairs
 from nlakit.errors import NlakitError
 from nlakit.generation import SamplingConfig
-from nlakit.maths import fve_nrm, mse_nrm, rawvar_baseline
+from nlakit.maths import fve_nrm, keyed_seed, rawvar_baseline
 from nlakit.nla import resolve_nla_path, score_texts, write_pair_meta
 from nlakit.paraphrase import paraphrase
-from nlakit.progress import progress_bar
 from nlakit.train import dist
 from nlakit.train.config import dump_config
 from nlakit.train.loop import (
@@ -43,12 +43,13 @@ from nlakit.train.loop import (
     has_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    run_steps,
     save_checkpoint,
     start_run,
 )
-from nlakit.train.sft import load_pairs
 
 FAILED_REWARD = -2.0
+MAX_AR_TOKENS = 300  # an explanation longer than this with the AR template is a failed sample (runaway text)
 
 
 @dataclass
@@ -74,12 +75,13 @@ class RLConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
-    autocast: str = "bfloat16"
+    autocast: str = "auto"
     save_every: int = 10
     eval_every: int = 25
     eval_rows: int = 64
     sample_every: int = 10
     log_every: int = 1
+    ar_updates: int = 1  # AR optimizer steps per batch of fresh explanations: lets the AR keep up with the AV
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, failed: torch.Tensor) -> torch.Tensor:
@@ -139,13 +141,48 @@ def _reference_policy(av: AV, path: Path):
     return swap
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}|{step}|{rank}".encode()).digest()[:4], "big")
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return keyed_seed(seed, step, rank, nbytes=4)
 
 
-def train_rl(cfg: RLConfig) -> dict[str, float]:
+@dataclass
+class RLRun:
+    """Everything a step touches, built once by `setup` (torchtune's recipe shape: setup, train, cleanup)."""
+
+    cfg: RLConfig
+    av: AV
+    ar: AR
+    reference: Callable[[], contextlib.AbstractContextManager]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    data: Pairs
+    val: Pairs | None
+    rawvar: float
+    run_dir: Path
+    rank: int
+    world: int
+
+    @property
+    def av_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.av.model.parameters() if p.requires_grad]
+
+    @property
+    def ar_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.ar.parameters() if p.requires_grad]
+
+    @property
+    def weights(self) -> torch.nn.ModuleDict:
+        """What a checkpoint holds (its parameter names are the checkpoint format: keep them)."""
+        return torch.nn.ModuleDict({"av": self.av.model, "ar": self.ar})
+
+
+def setup(cfg: RLConfig) -> tuple[RLRun, int]:
+    """Load the SFT NLA, the frozen reference policy, data and optimizer; resume from the last checkpoint.
+    Returns the run and the step to start from."""
     if cfg.group_size < 2:
         raise NlakitError("group_size must be at least 2 (GRPO compares samples within a group)")
+    if cfg.ar_updates < 1:
+        raise NlakitError("ar_updates must be at least 1")
     rank, world = dist.init(cfg.device)
     if cfg.prompts_per_step < world:
         raise NlakitError(f"prompts_per_step={cfg.prompts_per_step} is less than the {world} processes; raise it")
@@ -155,8 +192,6 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
     av = AV.from_pretrained(src / "av", device=cfg.device, dtype=cfg.dtype, trainable=True)
     ar = AR.from_pretrained(src / "ar", device=cfg.device, dtype=cfg.dtype, trainable=True)
     ar.value_head.weight.requires_grad_(True)
-    reference = _reference_policy(av, src / "av")
-    both = torch.nn.ModuleDict({"av": av.model, "ar": ar})
     av_params = [p for p in av.model.parameters() if p.requires_grad]
     ar_params = [p for p in ar.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -165,146 +200,185 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
         weight_decay=0.0,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)  # constant, as the reference's RL
-
     data = load_pairs(cfg.data, "context")
     val = load_pairs(cfg.val_data, "context", cfg.eval_rows) if cfg.val_data else None
-    rawvar = rawvar_baseline(data.vectors)
-    start = 0
+    run = RLRun(
+        cfg,
+        av,
+        ar,
+        _reference_policy(av, src / "av"),
+        opt,
+        sched,
+        data,
+        val,
+        rawvar_baseline(data.vectors),
+        run_dir,
+        rank,
+        world,
+    )
     ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, both, opt, sched)["step"]
-    metrics = Metrics(run_dir / "metrics.jsonl", resume_step=start) if rank == 0 else None
-    autocast = autocast_context(cfg.autocast, cfg.device)
-    max_ar_tokens = 300
+    start = load_checkpoint(ckpt, run.weights, opt, sched)["step"] if ckpt is not None else 0
+    return run, start
 
-    def evaluate() -> dict[str, float]:
-        texts = av.verbalize(val.vectors, max_new_tokens=cfg.max_new_tokens)
-        mse = float(score_texts(ar, texts, val.vectors)["mse_nrm"].mean())
-        return {"val_mse_nrm": mse, "val_fve_nrm": float(fve_nrm(mse, rawvar))}
+
+def rewards(run: RLRun, rollout: Rollout, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(reward, mse_nrm, ok): -mse_nrm from the live AR (or -log mse); failed samples, and explanations too long
+    for the AR, get the orthogonal value and are never advantaged."""
+    cfg = run.cfg
+    ok = rollout.ok & run.ar.fits(rollout.explanations, MAX_AR_TOKENS)
+    with torch.no_grad(), autocast_context(cfg.autocast, cfg.device):
+        mse = score_texts(run.ar, [e if k else "" for e, k in zip(rollout.explanations, ok, strict=True)], gold)[
+            "mse_nrm"
+        ]
+    reward = -torch.log(mse.clamp_min(1e-8)) if cfg.reward == "log_mse" else -mse
+    fail_value = -math.log(2.0) if cfg.reward == "log_mse" else FAILED_REWARD
+    reward = torch.where(ok, reward - cfg.length_penalty * rollout.lengths, torch.full_like(reward, fail_value))
+    return reward, mse, ok
+
+
+def av_loss(run: RLRun, rollout: Rollout, gold: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """PPO-clipped policy loss + KL to the frozen SFT AV (one update per rollout, so old = current, detached)."""
+    cfg, av = run.cfg, run.av
+    autocast = autocast_context(cfg.autocast, cfg.device)
+    with torch.no_grad(), autocast, run.reference():
+        ref_logp = av.token_logprobs(gold, rollout.ids, rollout.mask, rollout.labels)
+    with autocast:
+        logp, entropy = av.token_logprobs(gold, rollout.ids, rollout.mask, rollout.labels, with_entropy=True)
+        loss, kl = policy_loss(
+            logp, logp.detach(), ref_logp, adv, rollout.valid, cfg.clip_eps, cfg.kl_coef, cfg.kl_type
+        )
+    return loss, kl, entropy
+
+
+def ar_batch(run: RLRun, rollout: Rollout, gold: torch.Tensor, ok: torch.Tensor, step: int):
+    """The AR's training texts: the completed samples, and (with paraphrase_aug) a meaning-preserving rewrite of
+    each, which denies the pair a steganographic channel in wording or order."""
+    sel = ok.nonzero()[:, 0].tolist()
+    texts, target = [rollout.explanations[i] for i in sel], gold[sel]
+    if run.cfg.paraphrase_aug:
+        rng = random.Random(step_seed(run.cfg.seed, step, run.rank))
+        texts = texts + [paraphrase(t, rng) for t in texts]
+        target = torch.cat([target, target])
+    return texts, target
+
+
+def optimizer_step(run: RLRun, params: list[torch.nn.Parameter]) -> None:
+    dist.average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(run.av_params, run.cfg.grad_clip)
+    torch.nn.utils.clip_grad_norm_(run.ar_params, run.cfg.grad_clip)
+    run.opt.step()  # AdamW skips parameters without a gradient: an AR-only step leaves the AV as it is
+    run.opt.zero_grad(set_to_none=True)
+
+
+def train_step(run: RLRun, step: int) -> dict:
+    """One GRPO step: rollouts, rewards, AV update, AR update(s). Returns the step's log row."""
+    cfg, av, ar = run.cfg, run.av, run.ar
+    autocast = autocast_context(cfg.autocast, cfg.device)
+    t0 = time.perf_counter()
+    idx = batch_indices(len(run.data.texts), cfg.prompts_per_step, step, cfg.seed)[run.rank :: run.world]
+    gold = run.data.vectors[idx].repeat_interleave(cfg.group_size, dim=0)
+
+    # 1. rollouts from the current policy
+    av.model.eval()
+    sampling = SamplingConfig(cfg.max_new_tokens, temperature=cfg.temperature, seed=step_seed(cfg.seed, step, run.rank))
+    rollout = av.rollout(gold, sampling)
+    t_gen = time.perf_counter()
+
+    # 2. rewards from the live AR; group-relative advantages
+    reward, mse, ok = rewards(run, rollout, gold)
+    adv = group_advantages(reward, cfg.group_size, ~ok).to(av.device)
+    t_reward = time.perf_counter()
+
+    # 3. AV update: PPO-clipped policy loss + KL to the frozen SFT AV
+    av.model.train()
+    loss, kl, entropy = av_loss(run, rollout, gold, adv)
+    loss.backward()
+    t_av = time.perf_counter()
+
+    # 4. AR update(s) on the same fresh explanations; the first shares the optimizer step with the AV's
+    ar_loss = torch.tensor(0.0)
+    texts, target = ar_batch(run, rollout, gold, ok, step)
+    for update in range(cfg.ar_updates if texts else 0):
+        with autocast:
+            ar_loss = ar.loss(texts, target)
+        ar_loss.backward()
+        optimizer_step(run, run.av_params + run.ar_params if update == 0 else run.ar_params)
+    if not texts:
+        optimizer_step(run, run.av_params + run.ar_params)
+    run.sched.step()
+    now = time.perf_counter()
+
+    stats = dist.mean_scalars(
+        {
+            "reward": float(reward.mean()),
+            "mse_nrm": float(mse[ok].mean()) if ok.any() else 2.0,
+            "length": float(rollout.lengths.float().mean()),
+            "kl": float(kl.detach()),
+            "failed": float((~ok).float().mean()),
+            "entropy": float((entropy.sum(1) / rollout.valid.sum(1).clamp_min(1)).mean()),
+            "ar_loss": float(ar_loss.detach()),
+        }
+    )
+    row = {"step": step + 1, **stats, "fve_nrm": float(fve_nrm(stats["mse_nrm"], run.rawvar)), "sec": now - t0}
+    # where the step's time went (optimizer steps are counted with the AR update)
+    row.update(
+        sec_generate=t_gen - t0, sec_reward=t_reward - t_gen, sec_av_update=t_av - t_reward, sec_ar_update=now - t_av
+    )
+    if (step + 1) % cfg.sample_every == 0:
+        row["sample"] = {"explanation": rollout.explanations[0], "mse_nrm": float(mse[0]), "ok": bool(ok[0])}
+    return row
+
+
+def evaluate(run: RLRun) -> dict[str, float]:
+    """Greedy explanations of the first `eval_rows` val rows, scored by the live AR."""
+    run.av.model.eval()
+    with autocast_context(run.cfg.autocast, run.cfg.device):
+        texts = run.av.verbalize(run.val.vectors, max_new_tokens=run.cfg.max_new_tokens)
+        mse = float(score_texts(run.ar, texts, run.val.vectors)["mse_nrm"].mean())
+    return {"val_mse_nrm": mse, "val_fve_nrm": float(fve_nrm(mse, run.rawvar))}
+
+
+def cleanup(run: RLRun) -> None:
+    """Write the trained NLA (av/, ar/, pair sidecar) next to the run state."""
+    av, ar = run.av, run.ar
+    if hasattr(av.model, "peft_config"):
+        av.model.delete_adapter("ref")
+    av.meta.stage = ar.meta.stage = "rl"
+    av.save_pretrained(Path(run.cfg.out) / "av")
+    ar.save_pretrained(Path(run.cfg.out) / "ar")
+    write_pair_meta(run.cfg.out)
+
+
+def train_rl(cfg: RLConfig) -> dict[str, float]:
+    """Run (or resume, or continue with a larger `max_steps`) the RL recipe; returns the last log row's numbers."""
+    run, start = setup(cfg)
+    main = run.rank == 0
+    metrics = Metrics(run.run_dir / "metrics.jsonl", resume_step=start) if main else None
+    plot = ["reward", "fve_nrm", "length", "kl", "failed", "val_fve_nrm"]
 
     def checkpoint(step: int) -> None:
-        if rank == 0:
-            save_checkpoint(run_dir, step, both, opt, sched)
-            metrics.plot(run_dir / "curves.png", ["reward", "fve_nrm", "length", "kl", "failed", "val_fve_nrm"], "RL")
+        if main:
+            save_checkpoint(run.run_dir, step, run.weights, run.opt, run.sched)
+            metrics.plot(run.run_dir / "curves.png", plot, "RL")
         dist.barrier()
 
-    if start == 0 and val is not None and rank == 0:  # the SFT starting point, for the curve to be read against
-        av.model.eval()
-        with autocast:
-            metrics.log({"step": 0, **evaluate()})
-    done = start
-    with progress_bar("rl", total=cfg.max_steps, completed=start) as bar:
-        try:
-            for step in range(start, cfg.max_steps):
-                t0 = time.perf_counter()
-                idx = batch_indices(len(data.texts), cfg.prompts_per_step, step, cfg.seed)[rank::world]
-                gold = data.vectors[idx].repeat_interleave(cfg.group_size, dim=0)
-                # 1. rollouts from the current policy
-                av.model.eval()
-                sampling = SamplingConfig(
-                    max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature,
-                    seed=_step_seed(cfg.seed, step, rank),
-                )
-                generated = av.generate_ids(gold, sampling)
-                t_gen = time.perf_counter()
-                texts = av.tok.batch_decode(generated, skip_special_tokens=True)
-                ids, mask, labels = av.rollout_batch(generated)
-                valid = labels[:, len(av.prompt_ids) :] != -100
-                lengths = valid.sum(1)
-                hit_eos = torch.tensor([any(t in av.eos_ids for t in row) for row in generated.tolist()])
-                parsed = [extract_explanation(t) for t in texts]
-                ok = torch.tensor([complete and bool(e) for e, complete in parsed]) & hit_eos
-                explanations = [e for e, _ in parsed]
-                ar_ids_len = [len(ar.tok(ar.meta.ar_template.format(explanation=e))["input_ids"]) for e in explanations]
-                ok &= torch.tensor([n <= max_ar_tokens for n in ar_ids_len])
-                # 2. rewards from the live AR
-                mse = torch.full((len(texts),), 2.0)
-                with torch.no_grad(), autocast:
-                    if ok.any():
-                        sel = ok.nonzero()[:, 0]
-                        mse[sel] = mse_nrm(ar.reconstruct([explanations[i] for i in sel]), gold[sel], ar.meta.mse_scale)
-                t_reward = time.perf_counter()
-                reward = -torch.log(mse.clamp_min(1e-8)) if cfg.reward == "log_mse" else -mse
-                fail_value = -math.log(2.0) if cfg.reward == "log_mse" else FAILED_REWARD
-                reward = torch.where(ok, reward - cfg.length_penalty * lengths, torch.full_like(reward, fail_value))
-                adv = group_advantages(reward, cfg.group_size, ~ok).to(av.device)
-                # 3. AV update: PPO-clipped policy loss + KL to the frozen SFT AV
-                av.model.train()
-                with torch.no_grad(), autocast:
-                    with reference():
-                        ref_logp = av.token_logprobs(gold, ids, mask, labels)
-                with autocast:
-                    logp, entropy = av.token_logprobs(gold, ids, mask, labels, with_entropy=True)
-                    av_loss, kl = policy_loss(
-                        logp, logp.detach(), ref_logp, adv, valid, cfg.clip_eps, cfg.kl_coef, cfg.kl_type
-                    )
-                av_loss.backward()
-                t_av = time.perf_counter()
-                # 4. AR update on the same fresh explanations (and their paraphrases)
-                ar_loss = torch.tensor(0.0)
-                if ok.any():
-                    sel = ok.nonzero()[:, 0].tolist()
-                    ar_texts, ar_gold = [explanations[i] for i in sel], gold[sel]
-                    if cfg.paraphrase_aug:
-                        rng = random.Random(_step_seed(cfg.seed, step, rank))
-                        ar_texts = ar_texts + [paraphrase(t, rng) for t in ar_texts]
-                        ar_gold = torch.cat([ar_gold, ar_gold])
-                    with autocast:
-                        ar_loss = ar.loss(ar_texts, ar_gold)
-                    ar_loss.backward()
-                dist.average_gradients(av_params + ar_params)
-                torch.nn.utils.clip_grad_norm_(av_params, cfg.grad_clip)
-                torch.nn.utils.clip_grad_norm_(ar_params, cfg.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                done = step + 1  # from here on this step's update is in the weights
-
-                stats = dist.mean_scalars(
-                    {
-                        "reward": float(reward.mean()),
-                        "mse_nrm": float(mse[ok].mean()) if ok.any() else 2.0,
-                        "length": float(lengths.float().mean()),
-                        "kl": float(kl.detach()),
-                        "failed": float((~ok).float().mean()),
-                        "entropy": float((entropy.detach().sum(1) / valid.sum(1).clamp_min(1)).mean()),
-                        "ar_loss": float(ar_loss.detach()),
-                    }
-                )
-                now = time.perf_counter()
-                row = {
-                    "step": step + 1,
-                    **stats,
-                    "fve_nrm": float(fve_nrm(stats["mse_nrm"], rawvar)),
-                    "sec": now - t0,
-                    # where the step's time went (the optimizer step is counted with the AR update)
-                    "sec_generate": t_gen - t0,
-                    "sec_reward": t_reward - t_gen,
-                    "sec_av_update": t_av - t_reward,
-                    "sec_ar_update": now - t_av,
-                }
-                if val is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps) and rank == 0:
-                    av.model.eval()
-                    with autocast:
-                        row.update(evaluate())
-                if rank == 0 and (step + 1) % cfg.sample_every == 0:
-                    row["sample"] = {"explanation": explanations[0], "mse_nrm": float(mse[0]), "ok": bool(ok[0])}
-                if rank == 0 and ((step + 1) % cfg.log_every == 0 or "val_fve_nrm" in row):
-                    metrics.log(row)
-                if (step + 1) % cfg.save_every == 0:
-                    checkpoint(step + 1)
-                bar.advance(1)
-        except KeyboardInterrupt:
-            checkpoint(done)  # Ctrl-C keeps the finished steps; the run resumes from here
-            raise
-    if not has_checkpoint(run_dir, cfg.max_steps):
+    if start == 0 and run.val is not None and main:  # the SFT starting point, for the curve to be read against
+        metrics.log({"step": 0, **evaluate(run)})
+    run_steps(
+        "rl",
+        start,
+        cfg.max_steps,
+        lambda step: train_step(run, step),
+        evaluate=(lambda: evaluate(run)) if run.val is not None else None,
+        checkpoint=checkpoint,
+        metrics=metrics,
+        eval_every=cfg.eval_every,
+        log_every=cfg.log_every,
+        save_every=cfg.save_every,
+        is_main=main,
+    )
+    if not has_checkpoint(run.run_dir, cfg.max_steps):
         checkpoint(cfg.max_steps)
-    if rank == 0:
-        if hasattr(av.model, "peft_config"):
-            av.model.delete_adapter("ref")
-        av.meta.stage = ar.meta.stage = "rl"
-        av.save_pretrained(Path(cfg.out) / "av")
-        ar.save_pretrained(Path(cfg.out) / "ar")
-        write_pair_meta(cfg.out)
+    if main:
+        cleanup(run)
     return {k: v for k, v in (metrics.rows[-1] if metrics and metrics.rows else {}).items() if isinstance(v, float)}

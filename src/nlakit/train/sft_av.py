@@ -10,14 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
+from nlakit.ar import AR
 from nlakit.av import AV, default_injection_scale
+from nlakit.dataset import load_pairs
 from nlakit.errors import NlakitError
 from nlakit.injection import find_marker
+from nlakit.maths import fve_nrm
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
 from nlakit.models import load_causal_lm, load_tokenizer
+from nlakit.nla import score_texts
 from nlakit.train.config import SFTConfig, dump_config
 from nlakit.train.loop import add_lora, start_run
-from nlakit.train.sft import load_pairs, run_sft, sft_model_meta, shuffled
+from nlakit.train.sft import run_sft, sft_model_meta, shuffled
 
 
 def train_av(cfg: SFTConfig) -> dict[str, float]:
@@ -46,8 +50,18 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
     val = load_pairs(cfg.val_data, cfg.explanation_column, cfg.eval_rows) if cfg.val_data else None
 
     val_shuffled = shuffled(val.vectors, cfg.seed) if val else None
+    # the AR trained first (out/ar) scores the AV's own greedy explanations against the teacher's on the same rows:
+    # the fraction of the teacher's fve the AV passes on is what RL starts from
+    ar_dir = Path(cfg.out) / "ar"
+    ar = (
+        AR.from_pretrained(ar_dir, device=cfg.device, dtype=cfg.dtype)
+        if cfg.eval_fve_rows and ar_dir.is_dir()
+        else None
+    )
+    teacher = None
 
     def evaluate() -> dict[str, float]:
+        nonlocal teacher
         if val is None:
             return {}
         real = shuf = 0.0
@@ -57,8 +71,18 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
             real += float(av.sft_loss(val.vectors[sl], texts))
             shuf += float(av.sft_loss(val_shuffled[sl], texts))
         n = len(batches)
-        return {"val_loss": real / n, "val_loss_shuffled": shuf / n, "val_gap": (shuf - real) / n}
+        out = {"val_loss": real / n, "val_loss_shuffled": shuf / n, "val_gap": (shuf - real) / n}
+        if ar is not None:
+            rows, rawvar = slice(0, cfg.eval_fve_rows), ar.meta.training["rawvar_baseline"]
+            if teacher is None:
+                teacher = float(score_texts(ar, val.texts[rows], val.vectors[rows])["mse_nrm"].mean())
+            own = av.verbalize(val.vectors[rows], max_new_tokens=cfg.eval_max_new_tokens)
+            mse = float(score_texts(ar, own, val.vectors[rows])["mse_nrm"].mean())
+            fve, fve_teacher = float(fve_nrm(mse, rawvar)), float(fve_nrm(teacher, rawvar))
+            out.update(val_fve_nrm=fve, val_teacher_fve_nrm=fve_teacher, val_av_over_teacher=fve / fve_teacher)
+        return out
 
-    result = run_sft(cfg, "av", av.model, train, av.sft_loss, evaluate, ["loss", "val_loss", "val_gap", "lr"])
+    plot = ["loss", "val_loss", "val_gap", "val_fve_nrm", "val_av_over_teacher", "lr"]
+    result = run_sft(cfg, "av", av.model, train, av.sft_loss, evaluate, plot)
     av.save_pretrained(Path(cfg.out) / "av")
     return result

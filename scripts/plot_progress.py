@@ -1,0 +1,70 @@
+"""Validation fve_nrm against CPU-hours across a recipe's stages (AR SFT, AV SFT, RL), from their metrics.jsonl.
+
+    python scripts/plot_progress.py runs/smollm2-L20 --out recipes/smollm2-L20/logs/progress.png
+
+Hours are the summed `sec` of logged steps (every step is logged at log_every=1; otherwise the per-step time of
+the logged rows is scaled by the logging interval), so they count training compute, not evaluation or idle time.
+The AR SFT curve is the AR reading the teacher's explanations (the format's ceiling); the AV SFT and RL curves are
+the AV's own explanations read by the AR, which is what the NLA delivers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+STAGES = (
+    ("train_ar", "nla", "val_fve_nrm", "AR SFT: teacher text -> AR"),
+    ("train_av", "nla", "val_fve_nrm", "AV SFT: AV text -> AR"),
+    ("train_rl", "nla_rl", "val_fve_nrm", "RL: AV text -> live AR"),
+)
+
+
+def curve(path: Path, key: str) -> tuple[list[float], list[float], float]:
+    """(hours, values, total hours) of one stage's log."""
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    steps = [r for r in rows if "sec" in r]
+    interval = (steps[1]["step"] - steps[0]["step"]) if len(steps) > 1 else 1
+    hours, xs, ys = 0.0, [], []
+    by_step = {r["step"]: r for r in steps}
+    for r in sorted(rows, key=lambda r: r["step"]):
+        if r["step"] in by_step and r is by_step[r["step"]]:
+            hours += r["sec"] * interval / 3600
+        if key in r:
+            xs.append(hours)
+            ys.append(r[key])
+    return xs, ys, hours
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    offset = 0.0
+    for run, folder, key, label in STAGES:
+        log = args.runs / folder / run / "metrics.jsonl"
+        if not log.is_file():
+            continue
+        xs, ys, total = curve(log, key)
+        if xs:
+            ax.plot([offset + x for x in xs], ys, marker=".", label=label)
+        offset += total
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8, label="goal 0.5")
+    ax.set_xlabel("training CPU-hours (2 cores)")
+    ax.set_ylabel("val fve_nrm")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
