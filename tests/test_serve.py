@@ -1,5 +1,6 @@
-"""`nla serve`: the JSON API (TestClient), its OpenAPI contract (schemathesis), the real `nla serve` process behind
-uvicorn (raw HTTP: path traversal, Host check, port in use), and the page in headless Chromium (Playwright).
+"""`nla serve`: the JSON API (TestClient), its OpenAPI contract (schemathesis), the explain queue under real
+concurrent HTTP requests (uvicorn on loopback), the real `nla serve` process behind uvicorn (raw HTTP: path traversal,
+Host check, port in use, 20 concurrent explains), and the page in headless Chromium (Playwright).
 
 Everything runs the tiny NLA trained by the `nla_dir` fixture; nothing is mocked."""
 
@@ -12,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -19,7 +21,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 
 from nlakit.nla import NLA
-from nlakit.serve import Limits, create_app
+from nlakit.serve import Limits, batches, create_app
 from nlakit.steer import next_token_logprobs, steer
 
 TEXT = "The history of the city is long, and the people of the region"
@@ -63,23 +65,27 @@ def test_info(client, nla):
     assert (info["layer"], info["d_model"]) == (2, 64)
     assert info["fidelity"] == "fve_nrm" and info["can_explain"] and info["can_steer"] and info["chat"]
     assert info["limits"]["max_text_chars"] == Limits().max_text_chars
+    # counts are integers on the wire ("1024", not "1024.0"); only alpha is a real number
+    assert all(type(v) is int for k, v in info["limits"].items() if k != "max_alpha"), info["limits"]
+    assert '"max_tokens":1024' in r.text.replace(" ", "") and info["limits"]["max_waiting"] == Limits().max_waiting
 
 
 def test_tokenize_matches_the_nla(client, nla):
     toks = client.post("/api/tokenize", json={"text": TEXT}).json()["tokens"]
     ids = nla.activations(TEXT)[0]
-    assert [t["id"] for t in toks] == ids
+    assert [t["id"] for t in toks] == ids == nla.tokenize(TEXT)
     assert [t["position"] for t in toks] == list(range(len(ids)))
     assert "".join(t["token"] for t in toks) == nla.target_tokenizer().decode(ids)
 
 
 def test_explain_streams_the_library_rows(client, nla):
-    r = client.post("/api/explain", json={"text": TEXT, "batch_size": 16, "max_new_tokens": 12})
+    # no batch_size: the default batches every position of a short text in one generation, as `nla explain` does
+    r = client.post("/api/explain", json={"text": TEXT, "max_new_tokens": 12})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     events = ndjson(r)
     first, rows, last = events[0], [e["explanation"] for e in events[1:-1]], events[-1]
     n = len(nla.activations(TEXT)[0])
-    assert first["type"] == "tokens" and len(first["tokens"]) == n
+    assert first["type"] == "tokens" and len(first["tokens"]) == n and first["batches"] == 1
     assert first["positions"] == list(range(1, n))  # the library's default: all but the attention sink
     assert all(e["type"] == "explanation" for e in events[1:-1])
     assert last["type"] == "done" and last["count"] == n - 1 and last["seconds"] >= 0
@@ -96,9 +102,21 @@ def test_explain_chosen_positions_in_small_batches(client):
     events = ndjson(
         client.post("/api/explain", json={"text": TEXT, "positions": [4, 2, 4], "batch_size": 1, "max_new_tokens": 6})
     )
-    assert events[0]["positions"] == [4, 2]  # duplicates dropped, order kept
+    assert events[0]["positions"] == [4, 2] and events[0]["batches"] == 2  # duplicates dropped, order kept
     assert [e["explanation"]["position"] for e in events if e["type"] == "explanation"] == [4, 2]
     assert events[-1] == {"type": "done", "count": 2, "seconds": events[-1]["seconds"]}
+
+
+def test_batches_are_few_and_even():
+    assert batches([], 64) == []
+    assert batches(list(range(15)), 64) == [list(range(15))]  # a 15-token text: one call, like the CLI
+    assert [len(b) for b in batches(list(range(39)), 32)] == [20, 19]  # not 32 + 7
+    assert [len(b) for b in batches(list(range(1023)), 64)] == [64] * 15 + [63]
+    assert [len(b) for b in batches(list(range(5)), 1)] == [1] * 5
+    for n in range(1, 200):
+        for size in (1, 3, 16, 64):
+            got = batches(list(range(n)), size)
+            assert sum(got, []) == list(range(n)) and len(got) == -(-n // size) and max(map(len, got)) <= size
 
 
 def test_topk_is_the_target_lm_distribution(client, nla):
@@ -285,7 +303,110 @@ def test_openapi_documents_every_endpoint(client):
     }
     explain = spec["paths"]["/api/explain"]["post"]["responses"]
     assert "application/x-ndjson" in explain["200"]["content"] and "application/json" in explain["400"]["content"]
+    assert "application/json" in explain["429"]["content"]
     assert spec["components"]["schemas"]["SteerIn"]["properties"]["alpha"]["maximum"] == Limits().max_alpha
+
+
+# --- the explain queue, under real concurrent HTTP requests ----------------------------------------------------
+
+
+class Stream:
+    """One /api/explain request over a real socket, read line by line as the server streams it."""
+
+    def __init__(self, port: int, body: dict) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.conn.request("POST", "/api/explain", json.dumps(body), {"Content-Type": "application/json"})
+        self.resp = self.conn.getresponse()
+
+    def event(self) -> dict:
+        line = self.resp.readline()
+        assert line, "the stream ended early"
+        return json.loads(line)
+
+    def rest(self) -> list[dict]:
+        return [json.loads(x) for x in self.resp.read().splitlines() if x.strip()]
+
+    def close(self) -> None:
+        # shut the socket down so the server sees the client go (as a closed browser tab does)
+        sock = self.conn.sock
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+        self.conn.close()
+
+
+def raw_post(port: int, path: str, body: dict) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def queued_server(nla):
+    """The app behind a real uvicorn server on loopback, in this process so a test can hold the models' lock (and
+    so decide exactly which request runs and which wait). One request may wait behind the running one."""
+    import uvicorn
+
+    app = create_app(nla, name="queue-test", limits=Limits(max_waiting=1))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, "uvicorn to start")
+    try:
+        yield app.state.viewer, port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_a_full_queue_answers_429_with_retry_after(queued_server):
+    viewer, port = queued_server
+    body = {"text": TEXT, "max_new_tokens": 6}
+    viewer.lock.acquire()  # the models are busy: the first request runs (blocked on them), the next one waits
+    try:
+        running = Stream(port, body)
+        assert running.resp.status == 200 and running.event()["type"] == "tokens"
+        wait_for(lambda: len(viewer.queue.tickets) == 1, "the first request to be admitted")
+        waiting = Stream(port, body)
+        assert waiting.event()["type"] == "tokens" and waiting.event() == {"type": "queued", "ahead": 1}
+
+        # the queue is full: a clear JSON 429 with Retry-After, at once (it does not wait for the models)
+        start = time.monotonic()
+        status, headers, raw = raw_post(port, "/api/explain", body)
+        assert status == 429 and time.monotonic() - start < 10
+        assert headers["content-type"] == "application/json" and int(headers["retry-after"]) >= 1
+        detail = json.loads(raw)["detail"]
+        assert "busy" in detail and "1 waiting" in detail and f"{headers['retry-after']} s" in detail
+        # other routes are not queued behind explanations
+        assert raw_post(port, "/api/tokenize", {"text": TEXT})[0] == 200
+
+        # a client that leaves the queue frees its place at once: the next request is admitted
+        waiting.close()
+        wait_for(lambda: len(viewer.queue.tickets) == 1, "the closed request to leave the queue")
+        again = Stream(port, body)
+        assert again.resp.status == 200 and again.event()["type"] == "tokens"
+        assert again.event() == {"type": "queued", "ahead": 1}
+    finally:
+        viewer.lock.release()
+    for stream in (running, again):  # both finish, in arrival order, with every position explained
+        events = stream.rest()
+        assert events[-1]["type"] == "done" and events[-1]["count"] == len(events) - 1
+        assert all(e["type"] == "explanation" for e in events[:-1])
+        stream.close()
+    wait_for(lambda: not viewer.queue.tickets, "the queue to empty")
+    assert raw_post(port, "/api/explain", {**body, "positions": [2]})[0] == 200
 
 
 # --- the real `nla serve` process -----------------------------------------------------------------------------
@@ -376,6 +497,38 @@ def test_loopback_server_checks_the_host_header(server):
     assert raw_get(port, "/api/info", host="attacker.example")[0] == 400
 
 
+def test_twenty_concurrent_explains_on_the_real_server(server):
+    """The issue's scenario: 20 explain requests at once. One runs, Limits().max_waiting wait, and the rest get a
+    429 at once instead of waiting minutes; every accepted stream completes."""
+    _, port = server
+    body = {"text": TEXT * 3, "max_new_tokens": 24}
+    go = threading.Barrier(20)
+    results: list[tuple[float, int, dict[str, str], bytes]] = []
+
+    def one() -> None:
+        go.wait()
+        start = time.monotonic()
+        status, headers, raw = raw_post(port, "/api/explain", body)
+        results.append((time.monotonic() - start, status, headers, raw))
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert len(results) == 20
+    ok = [r for r in results if r[1] == 200]
+    busy = [r for r in results if r[1] == 429]
+    assert len(ok) + len(busy) == 20 and len(ok) >= 1 + Limits().max_waiting and busy, [r[1] for r in results]
+    for _, _, headers, raw in busy:
+        assert int(headers["retry-after"]) >= 1 and "busy" in json.loads(raw)["detail"]
+    # a refusal comes before any accepted request has finished its explanations
+    assert max(r[0] for r in busy) < max(r[0] for r in ok)
+    for _, _, _, raw in ok:
+        events = [json.loads(x) for x in raw.splitlines()]
+        assert events[-1]["type"] == "done" and events[-1]["count"] == len(events[0]["positions"])
+
+
 def test_serve_refuses_a_busy_port(nla_dir):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -432,6 +585,44 @@ def test_page_end_to_end_in_chromium(server, tmp_path):
             colours = page.eval_on_selector_all("#tokens .tok.explained", "els => els.map(e => e.style.background)")
             assert all(c.startswith("rgb") or c.startswith("hsl") for c in colours), colours
             page.wait_for_function("() => document.getElementById('status').textContent.startsWith('explained')")
+            assert "(1 batch)" in page.inner_text("#status")  # all positions in one batched call, as the CLI
+
+            # position 0 is hatched, not grey, and the page says why it is skipped
+            sink = page.locator('#tokens .tok[data-pos="0"]')
+            assert "sink" in sink.get_attribute("class") and "attention sink" in sink.get_attribute("title")
+            note = page.inner_text("#sink-note")
+            assert page.is_visible("#sink-note") and "attention sink" in note and "never samples it" in note
+
+            # download: the JSON holds what the page shows
+            with page.expect_download() as download:
+                page.click("#download-btn")
+            assert download.value.suggested_filename == "nla-explanations.json"
+            data = json.loads(open(download.value.path(), encoding="utf-8").read())
+            assert data["text"] == TEXT and data["layer"] == 2 and data["fidelity"] == "fve_nrm"
+            assert data["tokens"] == post(url, "/api/tokenize", {"text": TEXT})["tokens"]
+            assert [r["position"] for r in data["explanations"]] == list(range(1, n)) and data["not_explained"] == [0]
+            assert set(data["explanations"][0]) == {
+                "position",
+                "token",
+                "explanation",
+                "cos",
+                "mse_nrm",
+                "fve_nrm",
+                "norm",
+            }
+
+            # the legend's scale covers the real values (fewer than 20: their exact min and max, with 0 inside)
+            values = [r["fve_nrm"] for r in data["explanations"]]
+            lo, hi = min(*values, 0.0), max(*values, 0.0)
+            assert page.inner_text("#legend-lo") == f"{lo:.3f}" and page.inner_text("#legend-hi") == f"{hi:.3f}"
+            shown_range = page.inner_text("#legend-range")
+            assert f"min {min(values):.3f}" in shown_range and f"max {max(values):.3f}" in shown_range, shown_range
+            assert (data["scale"]["lo"], data["scale"]["hi"]) == pytest.approx((lo, hi))
+            worst, best = values.index(min(values)) + 1, values.index(max(values)) + 1
+            bg = "e => e.style.background"
+            assert page.eval_on_selector(f'#tokens .tok[data-pos="{worst}"]', bg) != page.eval_on_selector(
+                f'#tokens .tok[data-pos="{best}"]', bg
+            )
 
             # click a token: its explanation, cos and fve, and the target's top next tokens
             page.click('#tokens .tok[data-pos="4"]')

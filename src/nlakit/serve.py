@@ -6,26 +6,37 @@ library calls as the CLI and eval (`NLA.activations`, `NLA.explain`, `steer.next
 this module only validates, serialises and streams.
 
 One NLA per process; torch calls are serialised by one lock (a CPU box has few cores, and the models are shared).
-Explanations stream as NDJSON, one small batch of positions per lock hold, so other requests (a token click, a
-steering run) get the models between batches.
+Explanations stream as NDJSON in large batches (up to `Limits.max_batch` positions in one `NLA.explain` call, as the
+CLI does: batched generation is several times faster per position than small batches), and other requests (a token
+click, a steering run) get the models between batches. Explain requests queue in arrival order behind the one that
+runs; when `Limits.max_waiting` already wait, the next is refused with a 429 and a Retry-After header.
 """
 
+import asyncio
+import copy
 import json
+import math
 import mimetypes
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from nlakit.errors import NlakitError
+
+if TYPE_CHECKING:  # torch loads only when a server starts: `nla serve` checks its port before that
+    from nlakit.nla import NLA
 
 WEB = Path(__file__).parent / "web"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -39,7 +50,9 @@ class Limits:
     max_text_chars: int = 4000
     max_tokens: int = 1024  # the tokenised text; NLA.activations reads at most 1024 tokens
     max_positions: int = 1024  # positions explained by one /api/explain request
-    max_batch: int = 16  # positions verbalised per lock hold while streaming
+    # positions verbalised in one batched generation (one lock hold); 64 keeps a 1024-token text's KV cache small
+    max_batch: int = 64
+    max_waiting: int = 4  # explain requests that may wait behind the running one; the next gets a 429
     max_explanation_tokens: int = 200
     max_new_tokens: int = 200  # continuation / steering length
     max_topk_positions: int = 16
@@ -49,7 +62,87 @@ class Limits:
 
 
 class NDJSONResponse(StreamingResponse):
+    """A streamed NDJSON body that calls `on_close` however the response ends (done, error, client gone), so a
+    queue slot can never leak."""
+
     media_type = NDJSON
+
+    def __init__(self, content: Any, *, on_close: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+
+
+@dataclass(eq=False)
+class _Ticket:
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    started: float | None = None  # when it reached the head of the queue
+
+
+class ExplainQueue:
+    """Explain requests in arrival order: the head runs, up to `waiting` more wait, and the rest are refused.
+
+    Lives on the event loop (admit, wait and release all run there), so it needs no lock; a client that goes away
+    while waiting leaves at once (its stream is cancelled and `release` runs)."""
+
+    def __init__(self, waiting: int) -> None:
+        self.capacity = waiting + 1
+        self.tickets: list[_Ticket] = []
+        self.seconds = 10.0  # running mean of one request's time at the head; seeds Retry-After
+
+    @property
+    def waiting(self) -> int:
+        return max(0, len(self.tickets) - 1)
+
+    def admit(self) -> _Ticket | None:
+        if len(self.tickets) >= self.capacity:
+            return None
+        ticket = _Ticket()
+        self.tickets.append(ticket)
+        return ticket
+
+    async def wait(self, ticket: _Ticket) -> AsyncIterator[int]:
+        """Yield how many requests are ahead each time that changes, and return once `ticket` is at the head."""
+        last = None
+        while True:
+            ticket.event.clear()  # before looking, so a release between the look and the wait is not missed
+            ahead = self.tickets.index(ticket)
+            if ahead == 0:
+                ticket.started = time.monotonic()
+                return
+            if ahead != last:
+                last = ahead
+                yield ahead
+            await ticket.event.wait()
+
+    def release(self, ticket: _Ticket) -> None:
+        if ticket not in self.tickets:
+            return
+        if ticket.started is not None:
+            self.seconds = 0.7 * self.seconds + 0.3 * (time.monotonic() - ticket.started)
+        self.tickets.remove(ticket)
+        for t in self.tickets:
+            t.event.set()
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely to free: about one request's time (the head's), at least 1."""
+        return max(1, min(600, math.ceil(self.seconds)))
+
+
+def batches(positions: list[int], size: int) -> list[list[int]]:
+    """`positions` in as few batches of at most `size` as possible, of near-equal length (39 at 32 -> 20 + 19, not
+    32 + 7: a small trailing batch costs nearly as much time as a full one)."""
+    if not positions:
+        return []
+    n = math.ceil(len(positions) / size)
+    step = math.ceil(len(positions) / n)
+    return [positions[i : i + step] for i in range(0, len(positions), step)]
 
 
 class _Model(BaseModel):
@@ -81,15 +174,18 @@ class ExplanationOut(BaseModel):
 
 
 class ExplainEvent(BaseModel):
-    """One line of the /api/explain stream: `tokens` first, then one `explanation` per position, then `done` (or
-    `error`, after which the stream ends)."""
+    """One line of the /api/explain stream: `tokens` first, `queued` while earlier requests run (with how many are
+    `ahead`), then one `explanation` per position as each batch finishes, then `done` (or `error`, after which the
+    stream ends)."""
 
-    type: Literal["tokens", "explanation", "done", "error"]
+    type: Literal["tokens", "queued", "explanation", "done", "error"]
     tokens: list[TokenOut] | None = None
     positions: list[int] | None = None
+    batches: int | None = Field(default=None, description="How many batched generations the positions take.")
+    ahead: int | None = None
     explanation: ExplanationOut | None = None
     count: int | None = None
-    seconds: float | None = None
+    seconds: float | None = Field(default=None, description="Explaining time, after the wait in the queue.")
     message: str | None = None
 
 
@@ -138,7 +234,7 @@ class InfoOut(BaseModel):
     can_explain: bool
     can_steer: bool
     chat: bool = Field(description="The target's tokenizer has a chat template (enables /api/chat).")
-    limits: dict[str, float]
+    limits: dict[str, int | float] = Field(description="Request limits: counts are integers, max_alpha a float.")
 
 
 def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
@@ -157,7 +253,12 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
             max_length=limits.max_positions,
             description="Token positions to explain; default every token but 0 (the attention sink).",
         )
-        batch_size: int = Field(default=4, ge=1, le=limits.max_batch, description="Positions per streamed batch.")
+        batch_size: int = Field(
+            default=limits.max_batch,
+            ge=1,
+            le=limits.max_batch,
+            description="At most this many positions per batched generation (batches are split evenly).",
+        )
         max_new_tokens: int = Field(default=120, ge=1, le=limits.max_explanation_tokens)
 
     class TopkIn(_Model):
@@ -196,7 +297,7 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
 
 
 def create_app(
-    nla,
+    nla: "NLA",
     *,
     name: str | None = None,
     limits: Limits | None = None,
@@ -204,13 +305,21 @@ def create_app(
 ) -> FastAPI:
     """The viewer's app around one loaded `NLA`. `allowed_hosts` (Host header check) guards a loopback server
     against DNS rebinding: a web page elsewhere cannot make the browser talk to it under another name."""
+    from nlakit.nla import NLA
     from nlakit.steer import greedy_continuation, next_token_logprobs, steer
 
     limits = limits or Limits()
     models = _request_models(limits)
     TextIn, ExplainIn, TopkIn = models["TextIn"], models["ExplainIn"], models["TopkIn"]
     SteerIn, ContinueIn, ChatIn = models["SteerIn"], models["ContinueIn"], models["ChatIn"]
-    lock = threading.Lock()
+    lock = threading.Lock()  # the models: one torch call at a time
+    queue = ExplainQueue(limits.max_waiting)
+    # the server's own tokenizer copy: the models' lock is held for a whole batch, and a Rust fast tokenizer shared
+    # across threads can fail ("Already borrowed"); tokenizing (and a 429) never waits for the models this way
+    tok_lock = threading.Lock()
+    tokenizer = copy.deepcopy(nla.target_tokenizer())
+    tok_view = SimpleNamespace(target_tokenizer=lambda: tokenizer)
+    app_state = SimpleNamespace(lock=lock, queue=queue)
     errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut, "description": "Bad input (NlakitError)."}}
     # only files that ship in the package's web folder, looked up by exact name: no user path reaches the filesystem
     static = {p.name: p for p in WEB.iterdir() if p.is_file() and not p.name.startswith(".")} if WEB.is_dir() else {}
@@ -223,6 +332,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.state.viewer = app_state  # the models' lock and the explain queue, for tests and diagnostics
     if allowed_hosts:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -242,11 +352,11 @@ def create_app(
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     def tokenize(text: str) -> tuple[list[int], list[TokenOut]]:
-        """Token ids exactly as the NLA reads them (`NLA.activations`), so positions mean the same everywhere."""
-        with lock:
-            ids = nla.activations(text)[0]
-            tok = nla.target_tokenizer()
-            return ids, [TokenOut(position=i, id=t, token=tok.decode([t])) for i, t in enumerate(ids)]
+        """Token ids exactly as the NLA reads them (`NLA.tokenize`'s own code, run on the server's tokenizer copy),
+        so positions mean the same everywhere."""
+        with tok_lock:
+            ids = NLA.tokenize(tok_view, text)  # type: ignore[arg-type]  # only target_tokenizer is used
+            return ids, [TokenOut(position=i, id=t, token=tokenizer.decode([t])) for i, t in enumerate(ids)]
 
     def check_positions(positions: list[int], n: int) -> None:
         bad = [p for p in positions if not 0 <= p < n]
@@ -256,8 +366,7 @@ def create_app(
     @app.get("/api/info", response_model=InfoOut, tags=["api"])
     def info() -> InfoOut:
         """What this server explains: the NLA, its target model and layer, and the request limits."""
-        with lock:
-            chat = bool(getattr(nla.target_tokenizer(), "chat_template", None))
+        chat = bool(getattr(tokenizer, "chat_template", None))
         return InfoOut(
             name=name or f"{nla.target} L{nla.layer}",
             target=str(nla.target),
@@ -267,7 +376,7 @@ def create_app(
             can_explain=nla.av is not None and nla.ar is not None,
             can_steer=nla.ar is not None,
             chat=chat,
-            limits={k: float(v) for k, v in asdict(limits).items()},
+            limits=asdict(limits),
         )
 
     @app.post("/api/tokenize", response_model=TokenizeOut, responses=errors, tags=["api"])
@@ -275,23 +384,28 @@ def create_app(
         """The text's tokens as the NLA sees them (position, id, decoded string)."""
         return TokenizeOut(tokens=tokenize(req.text)[1])
 
+    busy = {"model": ErrorOut, "description": "The explain queue is full; retry after Retry-After seconds."}
+
     @app.post(
         "/api/explain",
         response_class=NDJSONResponse,
         responses={
             200: {
                 "model": ExplainEvent,
-                "description": "NDJSON: one ExplainEvent per line (tokens, then explanations as ready, then done).",
+                "description": "NDJSON: one ExplainEvent per line (tokens, queued, explanations as ready, then done).",
             },
             **errors,
+            429: busy,
         },
         tags=["api"],
     )
-    def explain(req: ExplainIn) -> NDJSONResponse:
-        """Per-token explanations, streamed in small batches as they are ready (`NLA.explain` per batch).
+    async def explain(req: ExplainIn) -> Response:
+        """Per-token explanations, streamed batch by batch (`NLA.explain` on up to `batch_size` positions at once,
+        as the CLI explains a whole text in one call).
 
-        Bad input (empty text, positions past the end) fails before the stream starts, with a 400."""
-        ids, tokens = tokenize(req.text)
+        Bad input (empty text, positions past the end) fails before the stream starts, with a 400. Requests run one
+        at a time in arrival order; when `max_waiting` already wait, the answer is a 429 with Retry-After."""
+        ids, tokens = await run_in_threadpool(tokenize, req.text)
         if len(ids) > limits.max_tokens:
             raise NlakitError(f"the text has {len(ids)} tokens; the viewer explains at most {limits.max_tokens}")
         # the same default as NLA.explain: every position but 0 (an attention sink)
@@ -300,15 +414,32 @@ def create_app(
         check_positions(positions, len(ids))
         if len(positions) > limits.max_positions:
             raise NlakitError(f"{len(positions)} positions; explain at most {limits.max_positions} per request")
-        text, size, new_tokens = req.text, req.batch_size, req.max_new_tokens
+        ticket = queue.admit()
+        if ticket is None:
+            wait = queue.retry_after()
+            return JSONResponse(
+                {
+                    "detail": f"the viewer is busy: 1 explain request running and {queue.waiting} waiting (the most "
+                    f"it queues); retry in about {wait} s"
+                },
+                status_code=429,
+                headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
+            )
+        text, new_tokens = req.text, req.max_new_tokens
+        plan = batches(positions, req.batch_size)
 
-        def events() -> Iterator[str]:
-            yield _line(ExplainEvent(type="tokens", tokens=tokens, positions=positions))
+        def run(batch: list[int]) -> list[Any]:
+            with lock:  # released between batches so a click or a steering run is served meanwhile
+                return nla.explain(text, batch, max_new_tokens=new_tokens)
+
+        async def events() -> AsyncIterator[str]:
+            yield _line(ExplainEvent(type="tokens", tokens=tokens, positions=positions, batches=len(plan)))
+            async for ahead in queue.wait(ticket):
+                yield _line(ExplainEvent(type="queued", ahead=ahead))
             start, done = time.perf_counter(), 0
-            for i in range(0, len(positions), size):
+            for batch in plan:
                 try:
-                    with lock:  # released between batches so a click or a steering run is served meanwhile
-                        rows = nla.explain(text, positions[i : i + size], max_new_tokens=new_tokens)
+                    rows = await run_in_threadpool(run, batch)
                 except NlakitError as e:
                     yield _line(ExplainEvent(type="error", message=str(e)))
                     return
@@ -317,7 +448,7 @@ def create_app(
                     yield _line(ExplainEvent(type="explanation", explanation=ExplanationOut(**r.to_dict())))
             yield _line(ExplainEvent(type="done", count=done, seconds=round(time.perf_counter() - start, 3)))
 
-        return NDJSONResponse(events(), headers={"Cache-Control": "no-store"})
+        return NDJSONResponse(events(), on_close=lambda: queue.release(ticket), headers={"Cache-Control": "no-store"})
 
     @app.post("/api/topk", response_model=TopkOut, responses=errors, tags=["api"])
     def topk(req: TopkIn) -> TopkOut:
@@ -408,7 +539,10 @@ def create_app(
             schema = base_openapi()
             responses = schema["paths"]["/api/explain"]["post"]["responses"]
             responses["200"]["content"] = {NDJSON: {"schema": {"$ref": "#/components/schemas/ExplainEvent"}}}
-            responses["400"]["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+            for status in ("400", "429"):
+                responses[status]["content"] = {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}
+                }
         return app.openapi_schema
 
     app.openapi = openapi
@@ -484,14 +618,16 @@ def serve(
     device: str = "cpu",
     dtype: str = "auto",
     log_level: str = "info",
+    load: dict | None = None,
 ) -> None:
-    """Load an NLA (a folder or a shipped name) and serve the viewer until interrupted."""
+    """Load an NLA (a folder or a shipped name; `load` adds NLA.from_pretrained keywords such as av, ar, target) and
+    serve the viewer until interrupted."""
     _check_port(host, port)
     import uvicorn
 
     from nlakit.nla import NLA
 
-    model = NLA.from_pretrained(nla, device=device, dtype=dtype)
+    model = NLA.from_pretrained(nla, device=device, dtype=dtype, **(load or {}))
     # load the target once up front, so the first click does not wait for it
     model.target_tokenizer()
     model.target_backbone()
