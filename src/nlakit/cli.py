@@ -88,6 +88,40 @@ MaxNewTokensOpt = Annotated[int, typer.Option(min=1, help="Longest explanation, 
 TemperatureOpt = Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy (deterministic).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
+# A released NLA is two folders (AV, AR) whose sidecars name a Hub id as the target: these map it to local folders.
+AvOpt = Annotated[str | None, typer.Option("--av", help="AV folder (e.g. a released NLA's); overrides --nla's.")]
+ArOpt = Annotated[str | None, typer.Option("--ar", help="AR folder (e.g. a released NLA's); overrides --nla's.")]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option("--target", help="Local folder of the target model (released sidecars name a Hub id)."),
+]
+LayerOpt = Annotated[int | None, typer.Option("--layer", min=0, help="K, for an AV sidecar that records none.")]
+InjectionScaleOpt = Annotated[
+    float | None, typer.Option("--injection-scale", min=0.0, help="Override the AV sidecar's injection_scale.")
+]
+RawvarOpt = Annotated[
+    float | None, typer.Option("--rawvar", min=0.0, help="FVE denominator when the AR sidecar records none.")
+]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Activations dataset to compute the FVE denominator (rawvar) from.")
+]
+DeviceMapOpt = Annotated[
+    str | None, typer.Option("--device-map", help="accelerate device_map (auto, cpu) for models too big for a device.")
+]
+NewTokensOpt = Annotated[
+    int | None, typer.Option(min=1, help="Longest explanation, in tokens (default: the AV's training cap, else 200).")
+]
+
+
+def _released(av, ar, target, layer=None, injection_scale=None, rawvar=None, data=None, device_map=None) -> dict:
+    """NLA.from_pretrained keywords for the released-NLA options (rawvar from --data is computed here)."""
+    if rawvar is None and data is not None:
+        from nlakit.nla import rawvar_from_data
+
+        rawvar = rawvar_from_data(data)
+    kw = dict(av=av, ar=ar, target=target, layer=layer, injection_scale=injection_scale, rawvar=rawvar)
+    return {k: v for k, v in {**kw, "device_map": device_map}.items() if v is not None}
+
 
 def _layers(spec: str) -> list[int]:
     try:
@@ -139,8 +173,37 @@ def extract(
 
 
 @app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output .jsonl corpus (id, text, register, prompt).")],
+    registers: Annotated[
+        str, typer.Option(help="Comma-separated: chat, fiction, news, reviews, instructions, code.")
+    ] = "chat,fiction,news,reviews,instructions,code",
+    model: Annotated[str, typer.Option(help="The target that writes the generated registers.")] = "smollm2-135m",
+    docs_per_register: Annotated[int, typer.Option(help="Documents per register.")] = 240,
+    seed: Annotated[int, typer.Option(help="Seeds prompts and sampling.")] = 0,
+    dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
+) -> None:
+    """Write an offline corpus in other registers (chat in the target's template, fiction, code, ...)."""
+    from nlakit.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(
+        out=out,
+        model=model,
+        registers=tuple(r.strip() for r in registers.split(",") if r.strip()),
+        docs_per_register=docs_per_register,
+        seed=seed,
+        dtype=dtype,
+    )
+    for register, n in synthesize(cfg).items():
+        console.print(f"{register}: {n} documents")
+    console.print(f"-> {out}")
+
+
+@app.command()
 def split(
-    src: Annotated[Path, typer.Argument(help="Activations dataset folder.", exists=True)],
+    src: Annotated[
+        list[Path], typer.Argument(help="Activations dataset folder(s); several are split together.", exists=True)
+    ],
     out: Annotated[Path, typer.Option(help="Folder for train/, val/, test/.")],
     fractions: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(help="Seeds which documents go to which split.")] = 42,
@@ -168,7 +231,6 @@ def datagen(
     base_url: Annotated[str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
     concurrency: Annotated[int, typer.Option(help="API: requests in flight.")] = 8,
-    seed: Annotated[int, typer.Option(help="grounded: template seed.")] = 0,
     max_rows: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
 ) -> None:
     """Add warm-start explanations (resumable, cached by context hash)."""
@@ -177,7 +239,7 @@ def datagen(
     from nlakit.meta import read_dataset_meta
 
     if provider == "grounded":
-        options = {"model": model or read_dataset_meta(src).extraction.base_model, "seed": seed}
+        options = {"model": model or read_dataset_meta(src).extraction.base_model}
     else:
         options = {k: v for k, v in {"model": model, "base_url": base_url, "api_key_env": api_key_env}.items() if v}
         options["concurrency"] = concurrency
@@ -257,13 +319,15 @@ def _require_text(text: str, what: str) -> str:
     return text
 
 
-def _load(nla: str, device: str, dtype: str):
+def _load(nla: str | None, device: str, dtype: str, **released):
     from nlakit.nla import NLA
 
-    return NLA.from_pretrained(nla, device=device, dtype=dtype)
+    if nla is None and not (released.get("av") or released.get("ar")):
+        nla = DEFAULT_NLA
+    return NLA.from_pretrained(nla, device=device, dtype=dtype, **released)
 
 
-def _explain(model, text: str, positions: list[int] | None, max_new_tokens: int, temperature: float) -> list:
+def _explain(model, text: str, positions: list[int] | None, max_new_tokens: int | None, temperature: float) -> list:
     """`NLA.explain` with a progress bar, after a notice on stderr if the text is longer than the NLA reads."""
     from nlakit.progress import progress_bar
 
@@ -303,13 +367,23 @@ PositionsOpt = Annotated[
 @app.command()
 def explain(
     text: Annotated[str, typer.Argument(help="The text to explain, token by token.")],
-    nla: NlaOpt = DEFAULT_NLA,
+    nla: Annotated[
+        str | None, typer.Option("--nla", help=f"NLA folder or shipped name (default {DEFAULT_NLA}).")
+    ] = None,
     positions: PositionsOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
-    max_new_tokens: MaxNewTokensOpt = 120,
+    max_new_tokens: NewTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
+    av: AvOpt = None,
+    ar: ArOpt = None,
+    target: TargetOpt = None,
+    layer: LayerOpt = None,
+    injection_scale: InjectionScaleOpt = None,
+    rawvar: RawvarOpt = None,
+    data: DataOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Per-token explanations of TEXT with reconstruction fidelity (cos, fve_nrm)."""
     import json
@@ -318,7 +392,7 @@ def explain(
 
     _require_text(text, "text")
     chosen = _positions(positions)
-    model = _load(nla, device, dtype)
+    model = _load(nla, device, dtype, **_released(av, ar, target, layer, injection_scale, rawvar, data, device_map))
     rows = _explain(model, text, chosen, max_new_tokens, temperature)
     _print_explanations(model, rows)
     if json_out:
@@ -394,6 +468,12 @@ def eval_cmd(
     max_new_tokens: MaxNewTokensOpt = 120,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
+    target: TargetOpt = None,
+    layer: LayerOpt = None,
+    injection_scale: InjectionScaleOpt = None,
+    rawvar: RawvarOpt = None,
+    data: DataOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Fidelity, baselines, steganography probes and causal checks for an NLA on held-out text."""
     from nlakit.eval import EvalConfig, run_eval
@@ -416,6 +496,7 @@ def eval_cmd(
         max_new_tokens=max_new_tokens,
         device=device,
         dtype=dtype,
+        load=_released(None, None, target, layer, injection_scale, rawvar, data, device_map),
     )
     r = run_eval(cfg)
     console.print(
@@ -434,6 +515,14 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
+    av: AvOpt = None,
+    ar: ArOpt = None,
+    target: TargetOpt = None,
+    layer: LayerOpt = None,
+    injection_scale: InjectionScaleOpt = None,
+    rawvar: RawvarOpt = None,
+    data: DataOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Local web viewer: per-token explanations coloured by fidelity, next-token predictions, steering by edits."""
     from nlakit.serve import allowed_hosts_for
@@ -441,7 +530,8 @@ def serve(
 
     if allowed_hosts_for(host) is None:
         err_console.print(f"[yellow]warning:[/] binding {host} lets other machines use this model; there is no login")
-    run(nla, host=host, port=port, dtype=dtype, device=device)
+    load = _released(av, ar, target, layer, injection_scale, rawvar, data, device_map)
+    run(None if (av or ar) and nla == DEFAULT_NLA else nla, host=host, port=port, dtype=dtype, device=device, load=load)
 
 
 class StorageDtype(str, Enum):
@@ -458,11 +548,14 @@ def export(
         StorageDtype,
         typer.Option(help="How the LoRA adapter weights are stored on disk (cast back to the model's dtype on load)."),
     ] = StorageDtype.bfloat16,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Full weights in the reference's release layout (LoRA merged in).")
+    ] = False,
 ) -> None:
     """Copy an NLA for shipping: av/, ar/ and sidecars, adapters stored in bf16 by default."""
     from nlakit.nla import export as run
 
-    sizes = run(src, dest, storage_dtype.value)
+    sizes = run(src, dest, storage_dtype.value, merge=merge)
     console.print(f"wrote {dest}: {len(sizes)} files, {sum(sizes.values()) / 2**20:.1f} MiB")
 
 
