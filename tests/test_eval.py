@@ -36,7 +36,7 @@ def test_wilson_interval():
     from nlakit.eval import wilson_interval
 
     lo, hi = wilson_interval(6, 8)
-    assert 0.4 < lo < 0.45 and 0.95 < hi < 0.97  # 0.409..0.956 by hand
+    assert 0.40 < lo < 0.42 and 0.92 < hi < 0.94  # 0.409..0.929 by hand
     assert wilson_interval(0, 8)[0] == 0.0 and wilson_interval(8, 8)[1] == 1.0
 
 
@@ -48,8 +48,7 @@ def test_steering_vector_is_a_fraction_of_h():
     h = torch.tensor([[3.0, 4.0]])  # |h| = 5
     v = steering_vector(h, torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 3.0]]), 0.5)
     assert torch.allclose(v, torch.tensor([[0.0, 2.5]]))  # 0.5 * 5 along delta = (0, 2)
-    with pytest.raises(NlakitError, match="same vector"):
-        steering_vector(h, h, h, 1.0)
+    assert torch.equal(steering_vector(h, h, h, 1.0), torch.zeros(1, 2))  # no edit, no push
 
 
 def test_small_helpers():
@@ -88,7 +87,8 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     nla = NLA.from_pretrained(nla_dir[0], dtype="float32")
     cfg = EvalConfig(
         out=str(tmp_path / "rep"),
-        texts=str(tiny_corpus),
+        corpus=str(tiny_corpus),
+        docs_from=str(tiny_pairs["val"]),
         max_positions=24,
         min_position=2,
         max_new_tokens=24,

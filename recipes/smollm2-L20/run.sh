@@ -10,7 +10,7 @@ mkdir -p $R
 
 # 1. corpora: wiki leads (embedded, CC BY-SA) and five offline registers (see README: sources and licenses)
 $NLA extract --model smollm2-135m --layer 20 --corpus wiki --positions-per-doc 3 --dtype float32 --out $R/acts_wiki
-[ -f $R/synth.jsonl ] || $NLA synth --out $R/synth.jsonl --docs-per-register 160 --dtype float32
+[ -f $R/synth.jsonl ] || $NLA synth --out $R/synth.jsonl --docs-per-register 120 --dtype float32
 $NLA extract --model smollm2-135m --layer 20 --corpus $R/synth.jsonl --positions-per-doc 5 --dtype float32 \
     --out $R/acts_synth
 

@@ -259,7 +259,7 @@ def combine(srcs: list[str | Path]) -> tuple[pa.Table, DatasetMeta]:
     corpus = "+".join(str(m.extraction.corpus) for _, m in loaded)
     meta = replace(
         loaded[0][1],
-        extraction=replace(first, corpus=corpus, corpus_slice=None, mean_norm=mean_norm),
+        extraction=replace(first, corpus=corpus, corpus_slice={"start": 0, "length": None}, mean_norm=mean_norm),
         dataset_id="+".join(m.dataset_id for _, m in loaded),
         parent_datasets=[m.dataset_id for _, m in loaded],
     )

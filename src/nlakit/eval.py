@@ -555,10 +555,19 @@ def render_markdown(r: dict) -> str:
         f"| **NLA (AR(AV(h)))** | **{_f(r['fve_nrm'])}** | {_f(r['fve_meannorm'])} | {_f(r['cos_mean'])} "
         f"| {_f(r['mse_nrm'])} |",
     ]
-    for name, b in r["baselines"].items():
+    rows = [(f"baseline: {k}", v) for k, v in r["baselines"].items()]
+    rows += [(f"reference: {k}", v) for k, v in r.get("reference_lines", {}).items()]
+    rows += [(f"oracle: {k}", v) for k, v in r.get("oracles", {}).items()]
+    for name, b in rows:
         lines.append(
             f"| {name} | {_f(b['fve_nrm'])} | {_f(b['fve_meannorm'])} | {_f(b['cos_mean'])} | {_f(b['mse_nrm'])} |"
         )
+    lines += [
+        "",
+        "Baselines are what a user could run instead of an NLA. The teacher reference is the teacher's own text read "
+        f"by this AR on the same rows (the format's ceiling; AV / teacher = {_f(r.get('av_over_teacher'))}). The "
+        "oracle looks at the vector it predicts (nearest training vector): a bound, not a method.",
+    ]
     lines += [
         "",
         "## Steganography probes (AR re-scored on transformed explanations)",
@@ -581,19 +590,31 @@ def render_markdown(r: dict) -> str:
     ]
     lines += [f"| {k} | {_f(v['kl_mean'])} | {_f(v['kl_median'])} |" for k, v in rt.items()]
     st = r["steering"]
+    best = st["sweep"][st["best"]]
     lines += [
         "",
-        f"Text-edit steering (alpha {st['alpha']}): mean log-prob shift toward the edited concept "
-        f"{_f(st['shift_mean'])} nats, against {_f(st['shift_random_mean'])} for random directions of equal norm; "
-        f"beats every random direction in {st['wins_over_random_max']} of {len(st['cases'])} cases.",
+        f"Text-edit steering ({st['rule']}), against {st['random_directions']} random directions of the same norm. "
+        "A win: the edit raises the concept's log-prob more than the best random direction.",
         "",
-        "| prompt | concept | shift | random mean | random max |",
-        "|---|---|---|---|---|",
+        "| edit form | alpha | wins | 95% CI of the win rate | mean shift (nats) | random mean |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {c['prompt']} | {c['concept']} | {_f(c['shift'])} | {_f(c['shift_random_mean'])} "
-        f"| {_f(c['shift_random_max'])} |"
-        for c in st["cases"]
+        f"| {v['form']} | {v['alpha']:g} | {v['wins']}/{v['n']} | {v['win_rate_ci95'][0]:.2f}-"
+        f"{v['win_rate_ci95'][1]:.2f} | {_f(v['shift_mean'])} | {_f(v['shift_random_mean'])} |"
+        for v in st["sweep"].values()
+    ]
+    lines += [
+        "",
+        f"Best: {st['best']} ({st['note']}).",
+        "",
+        "| prompt | concept | shift | random mean | random max | top token after the edit |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['prompt']!r} | {c['concept']} | {_f(c['shift'])} | {_f(c['shift_random_mean'])} "
+        f"| {_f(c['shift_random_max'])} | {c['top_token_steered']!r} |"
+        for c in best["cases"]
     ]
     lines += ["", "## Breakdown", ""]
     for g, d in r["breakdown"].items():
@@ -646,11 +667,14 @@ def plot_report(r: dict, per_fve: np.ndarray, per_cos: np.ndarray, out: Path) ->
     colors = (
         ["tab:blue"]
         + ["tab:gray"] * len(r["baselines"])
-        + ["tab:green" if p["kind"] == "preserving" else "tab:red" for p in r["probes"].values()]
+        + [
+            {"preserving": "tab:green", "content ablation": "tab:orange"}.get(p["kind"], "tab:red")
+            for p in r["probes"].values()
+        ]
     )
     ax[0].barh(names[::-1], vals[::-1], color=colors[::-1])
     ax[0].axvline(0, color="k", lw=0.8)
-    ax[0].set(title="fve_nrm: NLA, baselines (grey), preserving (green) / destroying (red) probes")
+    ax[0].set(title="fve_nrm: NLA, baselines (grey), probes: preserving (green), ablation (orange), destroying (red)")
     trunc = {k: v for k, v in r["truncation"].items() if k != "full"}
     ax[1].plot([int(k) for k in trunc], list(trunc.values()), "o-", label="first k tokens")
     ax[1].axhline(r["fve_nrm"], color="k", ls="--", label="full explanation")
@@ -664,12 +688,17 @@ def plot_report(r: dict, per_fve: np.ndarray, per_cos: np.ndarray, out: Path) ->
     rt = r["round_trip"]
     ax[0].bar(list(rt), [v["kl_mean"] for v in rt.values()], color=["tab:blue", "tab:gray", "tab:red"])
     ax[0].set(title="round-trip patching: KL to the original (nats)", yscale="log")
-    cases = r["steering"]["cases"]
-    x = np.arange(len(cases))
-    ax[1].bar(x - 0.2, [c["shift"] for c in cases], 0.4, label="edit direction")
-    ax[1].bar(x + 0.2, [c["shift_random_mean"] for c in cases], 0.4, label="random (mean)")
-    ax[1].set_xticks(x, [c["concept"] for c in cases], rotation=30)
-    ax[1].set(title=f"text-edit steering, alpha {r['steering']['alpha']}: log-prob shift of the concept")
+    sweep = r["steering"]["sweep"]
+    for form in dict.fromkeys(v["form"] for v in sweep.values()):
+        pts = [(v["alpha"], v["wins"] / v["n"]) for v in sweep.values() if v["form"] == form]
+        ax[1].plot(*zip(*pts, strict=True), "o-", label=f"{form} edit")
+    ax[1].set(
+        xscale="log",
+        ylim=(-0.05, 1.05),
+        xlabel="alpha (fraction of |h|)",
+        ylabel="share of cases won",
+        title="text-edit steering: wins over the best random direction",
+    )
     ax[1].legend()
     fig.tight_layout()
     fig.savefig(out / "causal.png", dpi=100)

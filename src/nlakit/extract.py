@@ -111,7 +111,7 @@ def _fingerprint(cfg: ExtractConfig, layer: int, d_model: int) -> Extraction:
         d_model=d_model,
         layer_index=layer,
         corpus=cfg.corpus,
-        corpus_slice={"start": 0, "length": cfg.max_docs} if cfg.max_docs else None,
+        corpus_slice={"start": 0, "length": cfg.max_docs},  # as the sidecar stores it (length None: every document)
         positions_per_doc=cfg.positions_per_doc,
         min_position=cfg.min_position,
         max_tokens=cfg.max_tokens,

@@ -72,12 +72,11 @@ class ResidualPatch:
 
 
 def steering_vector(h: torch.Tensor, original: torch.Tensor, edited: torch.Tensor, alpha: float) -> torch.Tensor:
-    """alpha * |h| * delta / |delta| with delta = edited - original (raw AR outputs); rows broadcast."""
+    """alpha * |h| * delta / |delta| with delta = edited - original (raw AR outputs); rows broadcast. An edit that
+    reconstructs to the same vector (no edit at all) gives no push."""
     delta = edited.float() - original.float()
     norm = delta.norm(dim=-1, keepdim=True)
-    if bool((norm == 0).any()):
-        raise NlakitError("the edited explanation reconstructs to the same vector as the original; edit its content")
-    return alpha * h.float().norm(dim=-1, keepdim=True) * delta / norm
+    return torch.where(norm > 0, alpha * h.float().norm(dim=-1, keepdim=True) * delta / norm.clamp_min(1e-30), 0.0)
 
 
 def match_norm(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
