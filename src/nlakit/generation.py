@@ -205,12 +205,20 @@ class _PreallocatedLayer(DynamicLayer):
 
 
 def preallocate(cache, batch: int, capacity: int):
-    """Move a filled cache's plain layers into `_PreallocatedLayer`s of `batch` rows and `capacity` positions; other
-    layer kinds (sliding windows) keep their own logic."""
-    cache.layers = [
-        _PreallocatedLayer(layer, batch, capacity) if type(layer) is DynamicLayer and layer.is_initialized else layer
-        for layer in cache.layers
-    ]
+    """Move a filled cache's plain layers into `_PreallocatedLayer`s of `batch` rows and `capacity` positions. Other
+    layer kinds (Gemma-3's sliding windows) keep their own update logic, but their batch-1 shared prefix is repeated
+    over the batch here too: their `update` concatenates along positions and needs every row present."""
+    layers = []
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            layer = _PreallocatedLayer(layer, batch, capacity)
+        elif getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.shape[0] != batch:
+            if layer.keys.shape[0] != 1:
+                raise RuntimeError(f"cannot spread a cache of {layer.keys.shape[0]} rows over a batch of {batch}")
+            layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous()
+            layer.values = layer.values.expand(batch, *layer.values.shape[1:]).contiguous()
+        layers.append(layer)
+    cache.layers = layers
     return cache
 
 

@@ -25,12 +25,14 @@ def render_av_prompt(tok, template: str, char: str) -> list[int]:
 
     Rendered to text then encoded without special tokens, so a BOS is never doubled (reference pitfall)."""
     content = template.format(injection_char=char)
-    if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    if not getattr(tok, "chat_template", None):
+        # as the reference: an AV prompt is always a chat turn; a bare-text fallback would be a prompt it never saw
+        name = getattr(tok, "name_or_path", "") or type(tok).__name__
+        raise NlakitError(
+            f"tokenizer {name!r} has no chat template, and the AV prompt is a chat turn; use the AV's own tokenizer "
+            "(its folder's tokenizer_config.json or chat_template.jinja) or set tokenizer.chat_template"
         )
-    else:  # base models without a chat template: the bare instruction
-        text = content + "\n"
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
     return tok.encode(text, add_special_tokens=False)
 
 

@@ -88,8 +88,8 @@ def _time_gemm(n: int, dtype: torch.dtype, reps: int = 3) -> float:
     import time
 
     g = torch.Generator().manual_seed(0)
+    torch.matmul(*(torch.randn(64, 64, generator=g).to(dtype),) * 2)  # warm-up: kernel selection, small and cheap
     a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
-    torch.matmul(a, b)  # warm-up (kernel selection, page faults)
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
@@ -104,7 +104,8 @@ _PROBE: dict | None = None
 def dtype_probe() -> dict:
     """Which of bf16 and fp32 multiplies matrices faster on this CPU: a short GEMM timing (2 threads, 512- and
     1024-square, best of 3), cached for the process and on disk under the cache home, keyed by CPU model and torch
-    version. Returns the timings, the CPU, torch's CPU capability and the chosen dtype name."""
+    version. Stops at the first size where bf16 is clearly slower (seconds per GEMM on CPUs without native bf16).
+    Returns the timings, the CPU, torch's CPU capability and the chosen dtype name."""
     global _PROBE
     if _PROBE is not None:
         return _PROBE
@@ -123,8 +124,15 @@ def dtype_probe() -> dict:
         return _PROBE
     threads = torch.get_num_threads()
     torch.set_num_threads(PROBE_THREADS)  # as many as a small CPU has; the probe must not depend on the host's size
+    times: dict[str, float] = {}
     try:
-        times = {f"{dt}_{n}": _time_gemm(n, DTYPES[dt]) for dt in ("float32", "bfloat16") for n in PROBE_SIZES}
+        for n in PROBE_SIZES:
+            times[f"float32_{n}"] = _time_gemm(n, torch.float32)
+            times[f"bfloat16_{n}"] = _time_gemm(n, torch.bfloat16, reps=1)
+            # without native bf16 a 1024-square bf16 GEMM takes seconds: once bf16 is clearly slower, stop there
+            if times[f"bfloat16_{n}"] > 2 * times[f"float32_{n}"]:
+                break
+            times[f"bfloat16_{n}"] = min(times[f"bfloat16_{n}"], _time_gemm(n, torch.bfloat16, reps=2))
     finally:
         torch.set_num_threads(threads)
     fp32 = sum(v for k, v in times.items() if k.startswith("float32"))

@@ -344,6 +344,8 @@ def cleanup(run: RLRun) -> None:
     if hasattr(av.model, "peft_config"):
         av.model.delete_adapter("ref")
     av.meta.stage = ar.meta.stage = "rl"
+    # the rollout cap is the AV's training cap: explain/verbalize default to it (ModelMeta.max_new_tokens)
+    av.meta.training = {**(av.meta.training or {}), "max_new_tokens": run.cfg.max_new_tokens}
     av.save_pretrained(Path(run.cfg.out) / "av")
     ar.save_pretrained(Path(run.cfg.out) / "ar")
     write_pair_meta(run.cfg.out)
