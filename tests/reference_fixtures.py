@@ -169,6 +169,10 @@ def build_tokenizer(arch: Arch):
         vocab[unk] = arch.specials[unk]
     for s, i in arch.specials.items():
         vocab[s] = i
+    if arch.name == "qwen2":
+        # transformers always loads a qwen2 folder with Qwen2Tokenizer (byte-level BPE from vocab + merges), so the
+        # Qwen fixture is a byte-level BPE whose merges build exactly these pieces, ids unchanged
+        return _byte_level_qwen(arch, vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"</| <|<|>|\s?[A-Za-z]+|\s?[0-9]|\n+| +|\s|."), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -183,6 +187,63 @@ def build_tokenizer(arch: Arch):
         pad_token=arch.pad,
         bos_token=arch.bos,
         additional_special_tokens=[s for s in arch.specials if s not in (arch.eos, arch.pad, arch.bos, unk)],
+    )
+    fast.chat_template = arch.chat
+    return fast
+
+
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _byte_level_qwen(arch: Arch, pieces: dict[str, int]):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    b2u = bytes_to_unicode()
+    used = set(pieces.values()) | set(arch.specials.values())
+    free = (i for i in range(arch.vocab_size) if i not in used)
+    vocab: dict[str, int] = {}
+    for b in range(256):  # every byte, so any text encodes
+        vocab[b2u[b]] = next(free)
+    merges: list[tuple[str, str]] = []
+    # merges are applied by rank: the marker, its neighbours and the AR suffix pieces come first, so no other
+    # word's merges can pre-empt theirs (other words may then split into smaller pieces, which is harmless)
+    first = {*arch.ids, arch.marker}
+    for piece, pid in sorted(pieces.items(), key=lambda kv: (kv[0] not in first, kv[1])):
+        if piece == "<unk>":
+            continue
+        chars = [b2u[b] for b in piece.encode()]
+        prefix = chars[0]
+        for i, c in enumerate(chars[1:], start=1):
+            merged = prefix + c
+            if (prefix, c) not in merges:
+                merges.append((prefix, c))
+            if merged not in vocab:
+                vocab[merged] = pid if i == len(chars) - 1 else next(free)
+            prefix = merged
+        if len(chars) == 1:
+            vocab.pop(chars[0], None)
+            vocab[chars[0]] = pid
+    ids = {}
+    for k, v in vocab.items():  # one id per token (a single-byte piece took its real id above)
+        if v not in ids.values():
+            ids[k] = v
+    tok = Tokenizer(models.BPE(ids, merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=arch.eos,
+        pad_token=arch.pad,
+        additional_special_tokens=[s for s in arch.specials if s not in (arch.eos, arch.pad)],
     )
     fast.chat_template = arch.chat
     return fast

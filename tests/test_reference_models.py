@@ -273,7 +273,9 @@ def test_readme_released_nla_section(fixtures, tmp_path, monkeypatch):
     shutil.copytree(fx.av, "nla-qwen2.5-7b-L20/av")
     shutil.copytree(fx.ar, "nla-qwen2.5-7b-L20/ar")
     shutil.copytree(fx.target, "models/Qwen2.5-7B-Instruct")
-    Path("texts.txt").write_text("The Eiffel Tower is in Paris.\n\nThe river runs through the city.\n")
+    words = "The Eiffel Tower is in Paris and the river is in the city of the capital of France".split()
+    docs = [" ".join(words[(i + j) % len(words)] for j in range(60)) + "." for i in range(2)]
+    Path("texts.txt").write_text("\n\n".join(docs) + "\n")  # longer than eval's earliest sampled position
     ran = 0
     for line in block.replace("\\\n", " ").splitlines():
         line = line.split("#", 1)[0].strip()
