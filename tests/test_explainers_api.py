@@ -434,9 +434,15 @@ def test_make_explainer_unknown_name() -> None:
         make_explainer("gpt")
 
 
-@pytest.mark.parametrize("options", [{"base_url": "http://127.0.0.1:9"}, {"model": "m", "modle": "m"}])
-def test_make_explainer_bad_options(options: dict) -> None:
-    with pytest.raises(NlakitError, match="bad options for explainer 'openai'"):
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"base_url": "http://127.0.0.1:9"}, "openai explainer needs a model name"),
+        ({"model": "m", "modle": "m"}, "bad options for explainer 'openai'"),
+    ],
+)
+def test_make_explainer_bad_options(options: dict, message: str) -> None:
+    with pytest.raises(NlakitError, match=message):
         make_explainer("openai", **options)
 
 

@@ -7,6 +7,7 @@ does the last `key=value` override of a recipe, so the README's own command runs
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -26,7 +27,7 @@ TEST_SIZE = {
     "train ar": "max_steps=4 batch_size=4 eval_every=2 save_every=2 log_every=1 eval_rows=8 warmup_steps=1",
     "train av": "max_steps=4 batch_size=4 eval_every=2 save_every=2 log_every=1 eval_rows=8 warmup_steps=1",
     "train rl": "max_steps=2 group_size=2 prompts_per_step=2 max_new_tokens=8 save_every=2 eval_every=100",
-    "explain": "--max-new-tokens 8 --dtype float32",
+    "explain": "--max-new-tokens 8 --dtype float32 --json explain.json",
 }
 
 
@@ -76,12 +77,18 @@ def test_readme_walkthrough_runs(walked):
     for role in ("av", "ar"):
         assert (cwd / "runs" / "nla" / role / "nla_meta.yaml").is_file()
         assert (cwd / "runs" / "nla_rl" / role / "nla_meta.yaml").is_file()
-    assert "explanation" in out["explain"].stdout and "Eiffel" in out["explain"].stdout
+    # the table's layout follows the terminal; the JSON the same command wrote is what we read
+    payload = json.loads((cwd / "explain.json").read_text(encoding="utf-8"))
+    rows = payload["tokens"] if isinstance(payload, dict) else payload
+    assert rows and all("explanation" in r for r in rows)
+    assert "Eiffel" in "".join(r["token"] for r in rows) or "Eiffel" in out["explain"].stdout
 
 
 def test_marker_character_in_text_is_harmless(walked):
     """The AV's marker (`¬` for SmolLM2's tokenizer) in the user's text is ordinary text: only the marker between its
     recorded neighbours in the AV prompt is injected, and the explained text never enters the AV prompt."""
     cwd, _ = walked
-    r = run_nla(["explain", "cost ¬ price", "--nla", "runs/nla_rl", *shlex.split(TEST_SIZE["explain"])], cwd)
-    assert "¬" in r.stdout
+    run_nla(["explain", "cost ¬ price", "--nla", "runs/nla_rl", *shlex.split(TEST_SIZE["explain"])], cwd)
+    payload = json.loads((cwd / "explain.json").read_text(encoding="utf-8"))
+    # explained like any text: the marker's bytes are ordinary tokens of it (a byte-level BPE splits "¬" in two)
+    assert payload["text"] == "cost ¬ price" and len(payload["tokens"]) >= 3

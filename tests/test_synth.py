@@ -49,3 +49,29 @@ def test_split_several_sources_together(tiny_pairs, tmp_path):
     assert len(meta.parent_datasets) == 2
     with pytest.raises(NlakitError, match="is in both"):
         ds.split([tiny_pairs["train"], tiny_pairs["train"]], tmp_path / "t", {"train": 1.0, "val": 0, "test": 0})
+
+
+def test_synth_resumes_from_finished_batches(tmp_path):
+    out = tmp_path / "synth.jsonl"
+    cfg = SynthConfig(
+        out=out,
+        model="tiny",
+        registers=("chat", "news"),
+        docs_per_register=2,
+        max_new_tokens=8,
+        min_words=0,
+        batch_size=2,
+        dtype="float32",
+    )
+    synthesize(cfg)
+    straight = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
+    # a run killed after its first batch left that batch in the side file; the rerun keeps it and makes the rest
+    key = json.dumps({k: str(v) for k, v in vars(cfg).items() if k != "out"}, sort_keys=True)
+    kept = ["kept reply one", "kept reply two"]
+    (tmp_path / "synth.partial.jsonl").write_text(key + "\n" + json.dumps({"batch": 0, "replies": kept}) + "\n")
+    synthesize(cfg)
+    resumed = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in resumed] == [r["id"] for r in straight]
+    assert kept[0] in resumed[0]["text"] and kept[1] in resumed[1]["text"]
+    assert resumed[2:] == straight[2:]  # later batches are seeded by their index, not by what ran before
+    assert not (tmp_path / "synth.partial.jsonl").exists()

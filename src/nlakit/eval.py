@@ -687,7 +687,9 @@ def plot_report(r: dict, per_fve: np.ndarray, per_cos: np.ndarray, out: Path) ->
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
     rt = r["round_trip"]
     ax[0].bar(list(rt), [v["kl_mean"] for v in rt.values()], color=["tab:blue", "tab:gray", "tab:red"])
-    ax[0].set(title="round-trip patching: KL to the original (nats)", yscale="log")
+    # log scale only when every bar can be drawn on it (a random model can patch with KL 0)
+    positive = all(v["kl_mean"] > 0 for v in rt.values())
+    ax[0].set(title="round-trip patching: KL to the original (nats)", yscale="log" if positive else "linear")
     sweep = r["steering"]["sweep"]
     for form in dict.fromkeys(v["form"] for v in sweep.values()):
         pts = [(v["alpha"], v["wins"] / v["n"]) for v in sweep.values() if v["form"] == form]

@@ -389,6 +389,7 @@ def create_app(
     @app.post(
         "/api/explain",
         response_class=NDJSONResponse,
+        status_code=200,  # FastAPI reads it from the class's __init__ default otherwise, and this __init__ has none
         responses={
             200: {
                 "model": ExplainEvent,

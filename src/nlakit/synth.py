@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,18 +137,24 @@ def code_documents(package: str, n: int, lines: int, seed: int) -> list[dict]:
     return docs
 
 
-def _generate(cfg: SynthConfig, prompts: list[str], progress: Callable[[int], None]) -> list[str]:
-    """Replies of the target to each prompt, in its chat template, batched through the fast decoder."""
+def _generate(cfg: SynthConfig, prompts: list[str], done: dict[int, str], save, progress) -> list[str]:
+    """Replies of the target to each prompt, in its chat template, in fixed batches through the fast decoder.
+    Batch `b` is sampled with seed `seed + b` whatever ran before it, so a resumed run writes the same corpus;
+    `done` holds the replies of batches finished earlier, and `save(b, replies)` records each new batch."""
     from nlakit.generation import SamplingConfig, fast_generate
     from nlakit.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(cfg.model)
-    model = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype).eval()
-    embed = model.get_input_embeddings()
+    todo = [b for b in range(0, len(prompts), cfg.batch_size) if b not in done]
+    model = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype).eval() if todo else None
     eos = [i for i in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if isinstance(i, int) and i >= 0]
     replies: list[str] = []
     for b in range(0, len(prompts), cfg.batch_size):
         batch = prompts[b : b + cfg.batch_size]
+        if b in done:
+            replies += json.loads(done[b])
+            progress(len(batch))
+            continue
         texts = [
             tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
             for p in batch
@@ -166,8 +171,10 @@ def _generate(cfg: SynthConfig, prompts: list[str], progress: Callable[[int], No
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + b
         )
         with torch.inference_mode():
-            out = fast_generate(model, embed(x), mask, sampling, eos, tok.pad_token_id)
-        replies += [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+            out = fast_generate(model, model.get_input_embeddings()(x), mask, sampling, eos, tok.pad_token_id)
+        new = [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+        save(b, new)
+        replies += new
         progress(len(batch))
     return replies
 
@@ -185,9 +192,30 @@ def synthesize(cfg: SynthConfig) -> dict[str, int]:
     generated = [r for r in cfg.registers if r in TASKS]
     jobs = [(r, n, prompt_for(r, n, cfg.seed)) for r in generated for n in range(cfg.docs_per_register)]
     rows: list[dict] = []
+    # finished batches go to a side file as they are made, so an interrupted run resumes (same settings only)
+    partial = cfg.out.with_suffix(".partial.jsonl")
+    key = json.dumps({k: str(v) for k, v in vars(cfg).items() if k != "out"}, sort_keys=True)
+    done: dict[int, str] = {}
+    if partial.is_file():
+        lines = partial.read_text(encoding="utf-8").splitlines()
+        if lines and lines[0] == key:
+            for ln in lines[1:]:
+                try:
+                    entry = json.loads(ln)
+                except json.JSONDecodeError:  # a line cut by a kill: that batch is made again
+                    continue
+                done[entry["batch"]] = json.dumps(entry["replies"])
+    if not done:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(key + "\n", encoding="utf-8")
+
+    def save(b: int, replies: list[str]) -> None:
+        with partial.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"batch": b, "replies": replies}, ensure_ascii=False) + "\n")
+
     if jobs:
         with progress_bar("synth: generate", total=len(jobs)) as bar:
-            replies = _generate(cfg, [p for _, _, p in jobs], bar.advance)
+            replies = _generate(cfg, [p for _, _, p in jobs], done, save, bar.advance)
         tok = load_tokenizer(cfg.model)
         for (register, n, prompt), reply in zip(jobs, replies, strict=True):
             if len(reply.split()) < cfg.min_words:
@@ -201,6 +229,7 @@ def synthesize(cfg: SynthConfig) -> dict[str, int]:
     if "code" in cfg.registers:
         rows += code_documents(cfg.code_package, cfg.docs_per_register, cfg.code_lines, cfg.seed)
     atomic_write_text(cfg.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    partial.unlink(missing_ok=True)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["register"]] = counts.get(r["register"], 0) + 1
