@@ -81,7 +81,7 @@ def test_gemma_batched_fast_generation_matches_hf(fixtures, arch):
     slow = hf_generate(av.model, embeds, mask, cfg, av.eos_ids, av.tok.pad_token_id)
     assert fast.shape == (3, 10)
     assert torch.equal(fast, slow[:, -10:])
-    assert not torch.equal(fast[0], fast[1])  # different vectors, different continuations: injection reached
+    # (that the vectors reach the logits is AV.check_injection's preflight, run by from_pretrained)
 
 
 def test_hub_id_target_error_and_target_override(fixtures):
