@@ -678,7 +678,8 @@ def plot_report(r: dict, per_fve: np.ndarray, per_cos: np.ndarray, out: Path) ->
     trunc = {k: v for k, v in r["truncation"].items() if k != "full"}
     ax[1].plot([int(k) for k in trunc], list(trunc.values()), "o-", label="first k tokens")
     ax[1].axhline(r["fve_nrm"], color="k", ls="--", label="full explanation")
-    ax[1].set(xscale="log", title="fve_nrm against explanation length", xlabel="tokens kept")
+    # log scale needs a point on it: explanations shorter than the first cut leave only the full one
+    ax[1].set(xscale="log" if trunc else "linear", title="fve_nrm against explanation length", xlabel="tokens kept")
     ax[1].legend()
     fig.tight_layout()
     fig.savefig(out / "probes.png", dpi=100)
