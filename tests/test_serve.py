@@ -638,9 +638,9 @@ def test_page_end_to_end_in_chromium(server, tmp_path):
             edited = "The text ends with the token 'region'. region region region"
             page.fill("#edit", edited)
             page.eval_on_selector(
-                "#alpha", "el => { el.value = '2.5'; el.dispatchEvent(new Event('input', {bubbles: true})); }"
+                "#alpha", "el => { el.value = '1.5'; el.dispatchEvent(new Event('input', {bubbles: true})); }"
             )
-            assert page.inner_text("#alpha-value") == "2.5"
+            assert page.inner_text("#alpha-value") == "1.50"  # a fraction of |h| (the paper's rule)
             page.click("#steer-btn")
             page.wait_for_selector("#steer-box[data-done='1']")
             want = post(
@@ -651,7 +651,7 @@ def test_page_end_to_end_in_chromium(server, tmp_path):
                     "original": explanation,
                     "edited": edited,
                     "position": 4,
-                    "alpha": 2.5,
+                    "alpha": 1.5,
                     "max_new_tokens": 30,
                 },
             )

@@ -253,51 +253,48 @@ train_app = typer.Typer(no_args_is_help=True, help="Training recipes (typed conf
 app.add_typer(train_app, name="train")
 
 _OVERRIDES = typer.Argument(help="Config overrides such as lr=1e-4 max_steps=200.")
+ConfigOpt = Annotated[
+    Path | None, typer.Option(help="YAML config (the recipe's config fields).", exists=True, dir_okay=False)
+]
+OverridesArg = Annotated[list[str] | None, _OVERRIDES]
+
+
+def _train(recipe: str, config: Path | None, overrides: list[str] | None) -> None:
+    """One path for every recipe: typed config from YAML and/or key=value overrides, run, print the last numbers."""
+    from nlakit.train.config import SFTConfig, load_config
+
+    if recipe == "rl":
+        from nlakit.train.rl import RLConfig as cls
+        from nlakit.train.rl import train_rl as run
+    else:
+        cls = SFTConfig
+        if recipe == "ar":
+            from nlakit.train.sft_ar import train_ar as run
+        else:
+            from nlakit.train.sft_av import train_av as run
+    result = run(load_config(cls, config, overrides))
+    console.print({k: round(v, 4) for k, v in result.items()})
 
 
 @train_app.command("ar")
-def train_ar_cmd(
-    config: Annotated[
-        Path | None, typer.Option(help="YAML config (SFTConfig fields).", exists=True, dir_okay=False)
-    ] = None,
-    overrides: Annotated[list[str] | None, _OVERRIDES] = None,
-) -> None:
-    """AR SFT: explanation -> activation, MSE at the last token. Resumes from out/train_ar/checkpoints."""
-    from nlakit.train.config import SFTConfig, load_config
-    from nlakit.train.sft_ar import train_ar
-
-    result = train_ar(load_config(SFTConfig, config, overrides))
-    console.print({k: round(v, 4) for k, v in result.items()})
+def train_ar_cmd(config: ConfigOpt = None, overrides: OverridesArg = None) -> None:
+    """AR SFT: explanation -> activation, MSE at the last token (SFTConfig). Resumes from out/train_ar/checkpoints;
+    rerun with a larger max_steps or epochs to continue a finished run."""
+    _train("ar", config, overrides)
 
 
 @train_app.command("av")
-def train_av_cmd(
-    config: Annotated[
-        Path | None, typer.Option(help="YAML config (SFTConfig fields).", exists=True, dir_okay=False)
-    ] = None,
-    overrides: Annotated[list[str] | None, _OVERRIDES] = None,
-) -> None:
-    """AV SFT: injected activation -> explanation, response NLL. Resumes from out/train_av/checkpoints."""
-    from nlakit.train.config import SFTConfig, load_config
-    from nlakit.train.sft_av import train_av
-
-    result = train_av(load_config(SFTConfig, config, overrides))
-    console.print({k: round(v, 4) for k, v in result.items()})
+def train_av_cmd(config: ConfigOpt = None, overrides: OverridesArg = None) -> None:
+    """AV SFT: injected activation -> explanation, response NLL (SFTConfig). Resumes from out/train_av/checkpoints;
+    rerun with a larger max_steps or epochs to continue a finished run."""
+    _train("av", config, overrides)
 
 
 @train_app.command("rl")
-def train_rl_cmd(
-    config: Annotated[
-        Path | None, typer.Option(help="YAML config (RLConfig fields).", exists=True, dir_okay=False)
-    ] = None,
-    overrides: Annotated[list[str] | None, _OVERRIDES] = None,
-) -> None:
-    """Joint RL: GRPO for the AV with the live AR's reward, AR trained on the fresh explanations. Resumes."""
-    from nlakit.train.config import load_config
-    from nlakit.train.rl import RLConfig, train_rl
-
-    result = train_rl(load_config(RLConfig, config, overrides))
-    console.print({k: round(v, 4) for k, v in result.items()})
+def train_rl_cmd(config: ConfigOpt = None, overrides: OverridesArg = None) -> None:
+    """Joint RL: GRPO for the AV with the live AR's reward, AR trained on the fresh explanations (RLConfig).
+    Resumes; rerun with a larger max_steps to continue a finished run."""
+    _train("rl", config, overrides)
 
 
 def _positions(text: str | None) -> list[int] | None:
