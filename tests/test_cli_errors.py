@@ -112,6 +112,12 @@ def test_bad_text_is_refused_before_anything_loads(nla):
     assert_one_line_error(nla("explain", "hi", "--nla", MISSING), "no NLA at", MISSING)
 
 
+def test_bad_steering_strengths(nla, tmp_path):
+    assert_one_line_error(
+        nla("eval", "--out", str(tmp_path / "r"), "--corpus", "wiki", "--steer-alphas", "big"), "numbers"
+    )
+
+
 def test_missing_files(nla, tmp_path):
     assert_one_line_error(nla("verbalize", MISSING), "does not exist")
     assert_one_line_error(nla("datagen", MISSING, "--out", str(tmp_path / "o")), "does not exist")

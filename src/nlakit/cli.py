@@ -6,6 +6,7 @@ inputs are checked before any model loads, so a typo costs milliseconds, not a m
 
 from __future__ import annotations
 
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -297,6 +298,16 @@ def train_rl_cmd(config: ConfigOpt = None, overrides: OverridesArg = None) -> No
     _train("rl", config, overrides)
 
 
+def _alphas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise NlakitError(f"--steer-alphas {text!r} must be numbers separated by commas, e.g. 0.25,0.5,1") from None
+    if not values or not all(math.isfinite(a) for a in values):
+        raise NlakitError(f"--steer-alphas {text!r} must give at least one finite number, e.g. 0.25,0.5,1")
+    return values
+
+
 def _positions(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -489,7 +500,7 @@ def eval_cmd(
         max_positions=max_positions,
         positions_per_doc=positions_per_doc,
         seed=seed,
-        steer_alphas=tuple(float(a) for a in steer_alphas.split(",") if a.strip()),
+        steer_alphas=_alphas(steer_alphas),
         max_new_tokens=max_new_tokens,
         device=device,
         dtype=dtype,
