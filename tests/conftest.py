@@ -91,7 +91,7 @@ SHORT_AV_TEMPLATE = "Vector: <concept>{injection_char}</concept>"
 
 
 def sft_config(pairs, out, **kw):
-    from nlakit.train.config import SFTConfig
+    from nlakit.config import SFTConfig
 
     base = dict(
         data=str(pairs["train"]),

@@ -14,7 +14,7 @@ from nlakit.dataset import load_pairs
 from nlakit.errors import NlakitError
 from nlakit.maths import meannorm_baseline
 from nlakit.nla import NLA
-from nlakit.train.config import SFTConfig, load_config
+from nlakit.config import SFTConfig, load_config
 from nlakit.train.sft_ar import train_ar
 
 

@@ -67,7 +67,7 @@ def test_ar_sft_on_smollm2_improves_fve(tmp_path):
     from nlakit.datagen import datagen
     from nlakit.explainers import GroundedExplainer
     from nlakit.extract import ExtractConfig, extract
-    from nlakit.train.config import SFTConfig
+    from nlakit.config import SFTConfig
     from nlakit.train.sft_ar import train_ar
 
     extract(

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nlakit.batch import right_pad
+from nlakit.config import SamplingConfig
 from nlakit.errors import NlakitError
-from nlakit.generation import Generator, SamplingConfig, fast_generate
+from nlakit.generation import Generator, fast_generate
 from nlakit.injection import check_tokens, check_vectors, find_marker, inject, marker_positions, render_av_prompt
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta, read_model_meta, write_model_meta
 from nlakit.models import load_causal_lm, load_tokenizer

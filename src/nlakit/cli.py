@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nlakit.config import EvalConfig, ExtractConfig, SynthConfig, load_config
 from nlakit.errors import NlakitError
 
 DEFAULT_NLA = "smollm2-135m-L20"  # the NLA shipped inside the package
@@ -131,41 +132,60 @@ def _layers(spec: str) -> list[int]:
         raise NlakitError(f"--layer {spec!r} must be an integer or a comma-separated list such as 10,15,20") from None
 
 
+ConfigOpt = Annotated[
+    Path | None, typer.Option(help="YAML config (the command's config fields).", exists=True, dir_okay=False)
+]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help="Config overrides such as lr=1e-4 max_steps=200.")]
+
+
+def _config(cls, ctx: typer.Context, config: Path | None, overrides: list[str] | None, **converted):
+    """Every command's config, one way: `cls`'s defaults, then the YAML (--config), then the options typed on this
+    command line (an option left at its default never overrides the YAML), then key=value overrides. `converted`
+    holds typed options whose CLI spelling differs from the field (e.g. --layer 10,15 -> layers)."""
+    typed = {
+        name
+        for name in ctx.params
+        if name not in ("config", "overrides") and ctx.get_parameter_source(name).name == "COMMANDLINE"
+    }
+    values = {name: ctx.params[name] for name in typed if name not in converted}
+    values.update({name: value for name, value in converted.items() if value is not None})
+    return load_config(cls, config, overrides, values)
+
+
 @app.command()
 def extract(
-    model: Annotated[str, typer.Option(help="Alias (smollm2-135m, tiny) or local HF model folder.")],
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="Alias (smollm2-135m, tiny) or local HF model folder.")] = None,
     layer: Annotated[
-        str, typer.Option(help="Block index K (output of block K = hidden_states[K+1]); e.g. 20 or 10,15,20.")
-    ],
-    corpus: Annotated[str, typer.Option(help="wiki, a .txt/.jsonl/.parquet file, or hf:NAME.")],
-    out: Annotated[Path, typer.Option(help="Output folder (one subfolder per layer when several are given).")],
-    positions_per_doc: Annotated[int, typer.Option(min=1, help="Token positions sampled per document.")] = 5,
-    min_position: Annotated[int, typer.Option(min=1, help="Earliest token index sampled (0 is never used).")] = 16,
-    max_tokens: Annotated[int, typer.Option(min=2, help="Documents are truncated to this many tokens.")] = 256,
+        str | None,
+        typer.Option(help="Block index K (output of block K = hidden_states[K+1]); e.g. 20 or 10,15,20."),
+    ] = None,
+    corpus: Annotated[str | None, typer.Option(help="wiki, a .txt/.jsonl/.parquet file, or hf:NAME.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (one subfolder per layer when several are given).")
+    ] = None,
+    positions_per_doc: Annotated[
+        int, typer.Option(min=1, help="Token positions sampled per document.")
+    ] = ExtractConfig.positions_per_doc,
+    min_position: Annotated[
+        int, typer.Option(min=1, help="Earliest token index sampled (0 is never used).")
+    ] = ExtractConfig.min_position,
+    max_tokens: Annotated[
+        int, typer.Option(min=2, help="Documents are truncated to this many tokens.")
+    ] = ExtractConfig.max_tokens,
     max_docs: Annotated[int | None, typer.Option(min=1, help="Use only the first N documents.")] = None,
     seed: Annotated[int, typer.Option(help="Seeds the position sampling (keyed per document).")] = 0,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 16,
+    dtype: DtypeOpt = ExtractConfig.dtype,
+    device: DeviceOpt = ExtractConfig.device,
+    batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = ExtractConfig.batch_size,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
-    """Extract residual-stream activations to parquet + nla_meta.yaml (resumes if interrupted)."""
-    from nlakit.extract import ExtractConfig
+    """Extract residual-stream activations to parquet + nla_meta.yaml (resumes if interrupted). Options, a YAML
+    --config (ExtractConfig) and key=value overrides all set the same fields."""
     from nlakit.extract import extract as run
 
-    cfg = ExtractConfig(
-        model=model,
-        layers=_layers(layer),
-        corpus=corpus,
-        out=out,
-        positions_per_doc=positions_per_doc,
-        min_position=min_position,
-        max_tokens=max_tokens,
-        max_docs=max_docs,
-        seed=seed,
-        dtype=dtype,
-        device=device,
-        batch_size=batch_size,
-    )
+    cfg = _config(ExtractConfig, ctx, config, overrides, layer=None, layers=_layers(layer) if layer else None)
     result = run(cfg)
     for k, n in result.rows.items():
         console.print(f"layer {k}: {n} rows -> {cfg.layer_dir(k)}")
@@ -175,29 +195,29 @@ def extract(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Output .jsonl corpus (id, text, register, prompt).")],
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Output .jsonl corpus (id, text, register, prompt).")] = None,
     registers: Annotated[
-        str, typer.Option(help="Comma-separated: chat, fiction, news, reviews, instructions, code.")
-    ] = "chat,fiction,news,reviews,instructions,code",
-    model: Annotated[str, typer.Option(help="The target that writes the generated registers.")] = "smollm2-135m",
-    docs_per_register: Annotated[int, typer.Option(help="Documents per register.")] = 240,
-    seed: Annotated[int, typer.Option(help="Seeds prompts and sampling.")] = 0,
-    dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
+        str | None, typer.Option(help="Comma-separated: chat, fiction, news, reviews, instructions, code.")
+    ] = ",".join(SynthConfig.registers),
+    model: Annotated[str, typer.Option(help="The target that writes the generated registers.")] = SynthConfig.model,
+    docs_per_register: Annotated[
+        int, typer.Option(min=1, help="Documents per register.")
+    ] = SynthConfig.docs_per_register,
+    seed: Annotated[int, typer.Option(help="Seeds prompts and sampling.")] = SynthConfig.seed,
+    dtype: DtypeOpt = SynthConfig.dtype,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
     """Write an offline corpus in other registers (chat in the target's template, fiction, code, ...)."""
-    from nlakit.synth import SynthConfig, synthesize
+    from nlakit.synth import synthesize
 
-    cfg = SynthConfig(
-        out=out,
-        model=model,
-        registers=tuple(r.strip() for r in registers.split(",") if r.strip()),
-        docs_per_register=docs_per_register,
-        seed=seed,
-        dtype=dtype,
-    )
+    typed = ctx.get_parameter_source("registers").name == "COMMANDLINE"
+    chosen = tuple(r.strip() for r in registers.split(",") if r.strip()) if typed and registers else None
+    cfg = _config(SynthConfig, ctx, config, overrides, registers=chosen)
     for register, n in synthesize(cfg).items():
         console.print(f"{register}: {n} documents")
-    console.print(f"-> {out}")
+    console.print(f"-> {cfg.out}")
 
 
 @app.command()
@@ -253,19 +273,13 @@ def datagen(
 train_app = typer.Typer(no_args_is_help=True, help="Training recipes (typed configs; key=value overrides).")
 app.add_typer(train_app, name="train")
 
-_OVERRIDES = typer.Argument(help="Config overrides such as lr=1e-4 max_steps=200.")
-ConfigOpt = Annotated[
-    Path | None, typer.Option(help="YAML config (the recipe's config fields).", exists=True, dir_okay=False)
-]
-OverridesArg = Annotated[list[str] | None, _OVERRIDES]
-
 
 def _train(recipe: str, config: Path | None, overrides: list[str] | None) -> None:
     """One path for every recipe: typed config from YAML and/or key=value overrides, run, print the last numbers."""
-    from nlakit.train.config import SFTConfig, load_config
+    from nlakit.config import SFTConfig
 
     if recipe == "rl":
-        from nlakit.train.rl import RLConfig as cls
+        from nlakit.config import RLConfig as cls
         from nlakit.train.rl import train_rl as run
     else:
         cls = SFTConfig
@@ -327,9 +341,18 @@ def _require_text(text: str, what: str) -> str:
     return text
 
 
+def _dtype_note(dtype: str, device: str) -> None:
+    """What `--dtype auto` chose on this machine, and why, on stderr (stdout stays the result)."""
+    if dtype.lower() == "auto":
+        from nlakit.models import auto_dtype_note
+
+        err_console.print(f"[dim]note: dtype {auto_dtype_note(device)}[/]", soft_wrap=True)
+
+
 def _load(nla: str | None, device: str, dtype: str, **released):
     from nlakit.nla import NLA
 
+    _dtype_note(dtype, device)
     if nla is None and not (released.get("av") or released.get("ar")):
         nla = DEFAULT_NLA
     return NLA.from_pretrained(nla, device=device, dtype=dtype, **released)
@@ -451,7 +474,8 @@ def reconstruct(
 
 @app.command("eval")
 def eval_cmd(
-    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md and the PNG plots.")],
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.json, report.md and the PNG plots.")] = None,
     nla: Annotated[
         str | None, typer.Option("--nla", help=f"NLA folder or shipped name (default {DEFAULT_NLA}).")
     ] = None,
@@ -467,50 +491,54 @@ def eval_cmd(
     train_data: Annotated[
         Path | None, typer.Option(help="Training activations: retrieval baseline, oracle, and a no-overlap check.")
     ] = None,
-    max_positions: Annotated[int, typer.Option(min=1, help="Positions scored in all.")] = 256,
-    positions_per_doc: Annotated[int, typer.Option(min=1, help="Positions sampled per document.")] = 3,
-    seed: SeedOpt = 0,
+    max_positions: Annotated[int, typer.Option(min=1, help="Positions scored in all.")] = EvalConfig.max_positions,
+    positions_per_doc: Annotated[
+        int, typer.Option(min=1, help="Positions sampled per document.")
+    ] = EvalConfig.positions_per_doc,
+    seed: SeedOpt = EvalConfig.seed,
     steer_alphas: Annotated[
         str, typer.Option(help="Steering strengths to sweep, as fractions of |h| (comma-separated).")
-    ] = "0.25,0.5,1,2",
-    max_new_tokens: MaxNewTokensOpt = 120,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "auto",
+    ] = ",".join(f"{a:g}" for a in EvalConfig.steer_alphas),
+    max_new_tokens: MaxNewTokensOpt = EvalConfig.max_new_tokens,
+    batch_size: Annotated[int, typer.Option(min=1, help="Explanations per batch.")] = EvalConfig.batch_size,
+    device: DeviceOpt = EvalConfig.device,
+    dtype: DtypeOpt = EvalConfig.dtype,
     target: TargetOpt = None,
     layer: LayerOpt = None,
     injection_scale: InjectionScaleOpt = None,
     rawvar: RawvarOpt = None,
     data: DataOpt = None,
     device_map: DeviceMapOpt = None,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
-    """Fidelity, baselines, steganography probes and causal checks for an NLA on held-out text."""
-    from nlakit.eval import EvalConfig, run_eval
+    """Fidelity, baselines, steganography probes and causal checks for an NLA on held-out text. Options, a YAML
+    --config (EvalConfig) and key=value overrides (e.g. min_position=8) all set the same fields."""
+    from dataclasses import replace
 
-    if nla is None and not (av or ar):
-        nla = DEFAULT_NLA
-    cfg = EvalConfig(
-        out=str(out),
-        nla=nla,
-        av=av,
-        ar=ar,
-        texts=str(texts) if texts else None,
-        corpus=corpus,
-        docs_from=str(docs_from) if docs_from else None,
-        train_data=str(train_data) if train_data else None,
-        max_positions=max_positions,
-        positions_per_doc=positions_per_doc,
-        seed=seed,
-        steer_alphas=_alphas(steer_alphas),
-        max_new_tokens=max_new_tokens,
-        device=device,
-        dtype=dtype,
-        load=_released(None, None, target, layer, injection_scale, rawvar, data, device_map),
+    from nlakit.eval import run_eval
+
+    typed = ctx.get_parameter_source("steer_alphas").name == "COMMANDLINE"
+    released = _released(None, None, target, layer, injection_scale, rawvar, data, device_map)
+    paths = {k: str(ctx.params[k]) if ctx.params[k] else None for k in ("out", "texts", "docs_from", "train_data")}
+    cfg = _config(
+        EvalConfig,
+        ctx,
+        config,
+        overrides,
+        **paths,
+        steer_alphas=_alphas(steer_alphas) if typed else None,
+        load=released or None,
+        **dict.fromkeys(("target", "layer", "injection_scale", "rawvar", "data", "device_map")),
     )
+    if cfg.nla is None and not (cfg.av or cfg.ar):
+        cfg = replace(cfg, nla=DEFAULT_NLA)
+    _dtype_note(cfg.dtype, cfg.device)
     r = run_eval(cfg)
     console.print(
         f"n={r['n']} fve_nrm={r['fve_nrm']:.3f} cos={r['cos_mean']:.3f} mse_nrm={r['mse_nrm']:.3f}; "
         f"round-trip KL {r['round_trip']['reconstruction']['kl_mean']:.3f} (mean vector "
-        f"{r['round_trip']['mean']['kl_mean']:.3f}); wrote {out}/report.md"
+        f"{r['round_trip']['mean']['kl_mean']:.3f}); wrote {cfg.out}/report.md"
     )
 
 
@@ -539,6 +567,7 @@ def serve(
     if allowed_hosts_for(host) is None:
         err_console.print(f"[yellow]warning:[/] binding {host} lets other machines use this model; there is no login")
     load = _released(av, ar, target, layer, injection_scale, rawvar, data, device_map)
+    _dtype_note(dtype, device)
     run(None if (av or ar) and nla == DEFAULT_NLA else nla, host=host, port=port, dtype=dtype, device=device, load=load)
 
 

@@ -18,16 +18,17 @@ import json
 import math
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nlakit.config import EvalConfig
 from nlakit.corpus import Document, load_corpus
 from nlakit.errors import NlakitError
 from nlakit.explainers.grounded import GroundedExplainer
-from nlakit.extract import DEFAULT_MIN_POSITION, sample_positions
+from nlakit.extract import sample_positions
 from nlakit.io import atomic_write_text
 from nlakit.maths import cosine, meannorm_baseline, mse_nrm, normalize, rawvar_baseline
 from nlakit.models import final_norm
@@ -54,30 +55,6 @@ STEER_CASES = (
 # The paper's planning case: the rhyme word of the second line is planned at the end of the first. The edit at the
 # line break asks for "mouse" instead of "rabbit"; a win moves the rhyme's first token (measured at the last token).
 RHYME_CASE = ("He saw a carrot and had to grab it,\nHis hunger was like a starving", "mouse", "grab it,\n")
-
-
-@dataclass
-class EvalConfig:
-    out: str
-    nla: str | None = None
-    av: str | None = None
-    ar: str | None = None
-    texts: str | None = None  # .txt (documents separated by blank lines) or .jsonl (a `text` field)
-    corpus: str | None = None
-    docs_from: str | None = None  # a dataset folder (e.g. the recipe's split/test): evaluate exactly its documents
-    train_data: str | None = None  # the training activations: nearest-context baseline, oracle, overlap check
-    max_positions: int = 256
-    positions_per_doc: int = 3
-    min_position: int = DEFAULT_MIN_POSITION
-    max_tokens: int = 256
-    seed: int = 0
-    max_new_tokens: int = 120
-    batch_size: int = 32
-    steer_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # fractions of |h| (the paper's rule)
-    device: str = "cpu"
-    dtype: str = "auto"
-    load: dict = field(default_factory=dict)  # more NLA.from_pretrained keywords: target, rawvar, layer, device_map
-    steer_cases: list[tuple] = field(default_factory=lambda: [*STEER_CASES, RHYME_CASE])
 
 
 # ---------------------------------------------------------------- inputs
@@ -477,7 +454,7 @@ def steering_suite(nla: NLA, cfg: EvalConfig, n_random: int = 8) -> dict:
     model, tok = nla.target_lm(), nla.target_tokenizer()
     gen = torch.Generator().manual_seed(cfg.seed)
     prepared = []
-    for case in cfg.steer_cases:
+    for case in cfg.steer_cases or [*STEER_CASES, RHYME_CASE]:
         prompt, word = case[0], case[1]
         ids, acts = nla.activations(prompt)
         # a third field names the text the edit is made at (its last token); the effect is read at the end

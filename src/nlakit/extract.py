@@ -14,13 +14,13 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from nlakit import dataset as ds
 from nlakit.batch import right_pad
+from nlakit.config import ExtractConfig
 from nlakit.corpus import Document, load_corpus
 from nlakit.errors import NlakitError
 from nlakit.maths import keyed_seed
@@ -37,7 +37,6 @@ from nlakit.progress import progress_bar
 
 # Position 0 carries an attention sink (~100x the usual norm on SmolLM2), and very early positions decode toward the
 # prior; 16 keeps most of a short corpus (wiki: median 98 tokens) usable. The reference uses 50 on long web text.
-DEFAULT_MIN_POSITION = 16
 
 
 def doc_rng(seed: int, doc_id: str) -> random.Random:
@@ -83,26 +82,6 @@ class LayerCapture:
 
     def __exit__(self, *exc) -> None:
         self.remove()  # hooks left on a model would keep capturing in every later forward
-
-
-@dataclass
-class ExtractConfig:
-    model: str
-    layers: list[int]
-    corpus: str
-    out: Path
-    positions_per_doc: int = 5
-    min_position: int = DEFAULT_MIN_POSITION
-    max_tokens: int = 256
-    max_docs: int | None = None
-    seed: int = 0
-    dtype: str = "auto"
-    device: str = "cpu"
-    batch_size: int = 16
-    chunk_docs: int = 256
-
-    def layer_dir(self, layer: int) -> Path:
-        return Path(self.out) if len(self.layers) == 1 else Path(self.out) / f"layer_{layer}"
 
 
 def _fingerprint(cfg: ExtractConfig, layer: int, d_model: int) -> Extraction:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -23,14 +22,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 150
-    min_new_tokens: int = 0  # benchmarks force equal lengths; EOS before this is suppressed
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
+from nlakit.config import SamplingConfig
 
 
 class Generator(Protocol):

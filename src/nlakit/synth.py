@@ -16,11 +16,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from nlakit.config import SynthConfig
 from nlakit.errors import NlakitError
 from nlakit.io import atomic_write_text
 from nlakit.maths import keyed_seed
@@ -97,24 +97,6 @@ def prompt_for(register: str, n: int, seed: int) -> str:
     return rng.choice(TASKS[register]).format(topic=rng.choice(topics()))
 
 
-@dataclass
-class SynthConfig:
-    out: Path  # a .jsonl file
-    model: str = "smollm2-135m"
-    registers: tuple[str, ...] = ("chat", "fiction", "news", "reviews", "instructions", "code")
-    docs_per_register: int = 240
-    max_new_tokens: int = 160
-    temperature: float = 0.8
-    top_p: float = 0.95
-    batch_size: int = 24
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "auto"
-    code_package: str = "rich"
-    code_lines: int = 30
-    min_words: int = 20  # shorter replies are dropped: too short to sample positions from
-
-
 def code_documents(package: str, n: int, lines: int, seed: int) -> list[dict]:
     """Blocks of `lines` source lines from an installed package, seeded choice of files and offsets."""
     spec = importlib.util.find_spec(package)
@@ -141,7 +123,8 @@ def _generate(cfg: SynthConfig, prompts: list[str], done: dict[int, str], save, 
     """Replies of the target to each prompt, in its chat template, in fixed batches through the fast decoder.
     Batch `b` is sampled with seed `seed + b` whatever ran before it, so a resumed run writes the same corpus;
     `done` holds the replies of batches finished earlier, and `save(b, replies)` records each new batch."""
-    from nlakit.generation import SamplingConfig, fast_generate
+    from nlakit.config import SamplingConfig
+    from nlakit.generation import fast_generate
     from nlakit.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(cfg.model)

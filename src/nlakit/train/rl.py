@@ -28,14 +28,13 @@ import torch
 
 from nlakit.ar import AR
 from nlakit.av import AV, Rollout
+from nlakit.config import RLConfig, SamplingConfig, dump_config
 from nlakit.dataset import Pairs, load_pairs
 from nlakit.errors import NlakitError
-from nlakit.generation import SamplingConfig
 from nlakit.maths import fve_nrm, keyed_seed, rawvar_baseline
 from nlakit.nla import resolve_nla_path, score_texts, write_pair_meta
 from nlakit.paraphrase import paraphrase
 from nlakit.train import dist
-from nlakit.train.config import dump_config
 from nlakit.train.loop import (
     Metrics,
     autocast_context,
@@ -50,38 +49,6 @@ from nlakit.train.loop import (
 
 FAILED_REWARD = -2.0
 MAX_AR_TOKENS = 300  # an explanation longer than this with the AR template is a failed sample (runaway text)
-
-
-@dataclass
-class RLConfig:
-    data: str  # activations (an explanation column is not needed)
-    nla: str  # the SFT NLA folder (av/ and ar/)
-    out: str  # new NLA folder: out/av, out/ar, out/train_rl
-    val_data: str | None = None
-    group_size: int = 4
-    prompts_per_step: int = 4
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    av_lr: float = 1e-5
-    ar_lr: float = 5e-5
-    clip_eps: float = 0.2
-    kl_coef: float = 0.01
-    kl_type: str = "k1"  # or "k3"
-    reward: str = "mse"  # or "log_mse"
-    length_penalty: float = 0.0  # reward -= length_penalty * response tokens
-    paraphrase_aug: bool = False
-    grad_clip: float = 1.0
-    max_steps: int = 100
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    autocast: str = "auto"
-    save_every: int = 10
-    eval_every: int = 25
-    eval_rows: int = 64
-    sample_every: int = 10
-    log_every: int = 1
-    ar_updates: int = 1  # AR optimizer steps per batch of fresh explanations: lets the AR keep up with the AV
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, failed: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nlakit.config import SFTConfig
 from nlakit.dataset import Pairs
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta
-from nlakit.train.config import SFTConfig
 from nlakit.train.loop import (
     Metrics,
     autocast_context,

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 
 from nlakit.ar import AR
+from nlakit.config import SFTConfig, dump_config
 from nlakit.dataset import load_pairs
 from nlakit.injection import find_marker
 from nlakit.maths import fve_nrm, meannorm_baseline, mse_nrm, rawvar_baseline
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
 from nlakit.models import load_tokenizer
-from nlakit.train.config import SFTConfig, dump_config
 from nlakit.train.loop import add_lora, start_run
 from nlakit.train.sft import run_sft, sft_model_meta
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from nlakit.ar import AR
 from nlakit.av import AV, default_injection_scale
+from nlakit.config import SFTConfig, dump_config
 from nlakit.dataset import load_pairs
 from nlakit.errors import NlakitError
 from nlakit.injection import find_marker
@@ -19,7 +20,6 @@ from nlakit.maths import fve_nrm
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
 from nlakit.models import load_causal_lm, load_tokenizer
 from nlakit.nla import score_texts
-from nlakit.train.config import SFTConfig, dump_config
 from nlakit.train.loop import add_lora, start_run
 from nlakit.train.sft import run_sft, sft_model_meta, shuffled
 
