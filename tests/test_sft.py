@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 from conftest import sft_config
 from nlakit.av import AV, extract_explanation
+from nlakit.config import SFTConfig, load_config
 from nlakit.dataset import load_pairs
 from nlakit.errors import NlakitError
 from nlakit.maths import meannorm_baseline
 from nlakit.nla import NLA
-from nlakit.config import SFTConfig, load_config
 from nlakit.train.sft_ar import train_ar
 
 

@@ -64,10 +64,10 @@ def test_fast_generation_with_merged_lora_matches_hf_on_smollm2():
 def test_ar_sft_on_smollm2_improves_fve(tmp_path):
     """A short AR SFT on real layer-20 activations, explained by the grounded provider, raises held-out fve_nrm."""
     from nlakit import dataset as ds
+    from nlakit.config import SFTConfig
     from nlakit.datagen import datagen
     from nlakit.explainers import GroundedExplainer
     from nlakit.extract import ExtractConfig, extract
-    from nlakit.config import SFTConfig
     from nlakit.train.sft_ar import train_ar
 
     extract(
