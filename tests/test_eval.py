@@ -99,6 +99,7 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
         ],
         steer_alphas=(0.5, 1.0),
         train_data=str(tiny_pairs["train"]),
+        compare_ar=str(nla_dir[0]),  # the same AR again: it must read the same explanations the same way
     )
     r = run_eval(cfg, nla)
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -114,6 +115,10 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     assert set(r["baselines"]) == {"mean", "shuffled_activation", "logit_lens", "context", "nearest_context"}
     assert "nearest_training_vector" in r["oracles"] and "teacher_explanation" in r["reference_lines"]
     assert r["truncation"]["full"] == r["fve_nrm"]
+    assert r["compare_ar"]["explanation"]["fve_nrm"] == pytest.approx(r["fve_nrm"], abs=1e-5)
+    assert r["compare_ar"]["teacher_explanation"]["fve_nrm"] == pytest.approx(
+        r["reference_lines"]["teacher_explanation"]["fve_nrm"], abs=1e-5
+    )
     rt = r["round_trip"]
     assert all(v["kl_mean"] >= -1e-6 for v in rt.values())
     assert rt["random"]["kl_mean"] > 0

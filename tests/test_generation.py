@@ -14,11 +14,14 @@ from nlakit.generation import (
     merged_lora,
     sample_next,
 )
+from nlakit.meta import ModelMeta
+
+TINY_AV_META = ModelMeta("av", 64, 2, 1.0, 8.0, base_checkpoint="tiny", target="tiny")  # d=64, K=2, scale 1
 
 
 @pytest.fixture(scope="module")
 def av() -> AV:
-    return AV.from_base("tiny", layer=2, injection_scale=1.0, dtype="float32")
+    return AV.from_base("tiny", TINY_AV_META, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def lora_av() -> AV:
     """The tiny AV under LoRA adapters with non-zero weights (fresh ones are a no-op: B starts at zero)."""
     from nlakit.train.loop import add_lora
 
-    av = AV.from_base("tiny", layer=2, injection_scale=1.0, dtype="float32")
+    av = AV.from_base("tiny", TINY_AV_META, dtype="float32")
     av.model = perturb_lora(add_lora(av.model, 8, 16, task_type="CAUSAL_LM"), 0.1)
     return av
 

@@ -220,7 +220,8 @@ def test_export_merge_round_trip(tmp_path):
     from nlakit.meta import ModelMeta
     from nlakit.nla import NLA
 
-    av = AV.from_base("tiny", layer=LAYER, injection_scale=20.0, dtype="float32")
+    av_meta = ModelMeta("av", 64, LAYER, 20.0, 8.0, base_checkpoint="tiny", target="tiny")
+    av = AV.from_base("tiny", av_meta, dtype="float32")
     meta = ModelMeta("ar", 64, LAYER, None, 8.0, tokens=av.meta.tokens, base_checkpoint="tiny", target="tiny")
     ar = AR.from_base("tiny", meta, dtype="float32")
     g = torch.Generator().manual_seed(0)

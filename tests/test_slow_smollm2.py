@@ -9,7 +9,10 @@ import torch
 
 from conftest import perturb_lora
 from nlakit.corpus import load_corpus
+from nlakit.meta import ModelMeta
 from nlakit.models import load_causal_lm, load_tokenizer, model_info
+
+SMOL_AV_META = ModelMeta("av", 576, 20, 250.0, 24.0, base_checkpoint="smollm2-135m", target="smollm2-135m")
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +48,7 @@ def test_fast_generation_matches_hf_on_smollm2():
     """Greedy decoding through the shared-prefix fast path equals plain HF generate token for token (fp32)."""
     from nlakit.av import AV
 
-    _assert_fast_equals_hf(AV.from_base("smollm2-135m", layer=20, injection_scale=250.0, dtype="float32"))
+    _assert_fast_equals_hf(AV.from_base("smollm2-135m", SMOL_AV_META, dtype="float32"))
 
 
 def test_fast_generation_with_merged_lora_matches_hf_on_smollm2():
@@ -54,7 +57,7 @@ def test_fast_generation_with_merged_lora_matches_hf_on_smollm2():
     from nlakit.av import AV
     from nlakit.train.loop import add_lora
 
-    av = AV.from_base("smollm2-135m", layer=20, injection_scale=250.0, dtype="float32")
+    av = AV.from_base("smollm2-135m", SMOL_AV_META, dtype="float32")
     av.model = perturb_lora(add_lora(av.model, 32, 64, task_type="CAUSAL_LM"), 1e-3, match="lora_B")
     before = {n: p.detach().clone() for n, p in av.model.named_parameters()}
     _assert_fast_equals_hf(av)

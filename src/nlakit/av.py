@@ -3,9 +3,8 @@ explanation inside <explanation> tags. One batched generation verbalises many ve
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from nlakit.config import SamplingConfig
 from nlakit.errors import NlakitError
 from nlakit.generation import Generator, fast_generate
 from nlakit.injection import check_tokens, check_vectors, find_marker, inject, marker_positions, render_av_prompt
-from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta, read_model_meta, write_model_meta
+from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
 from nlakit.models import load_causal_lm, load_tokenizer
 
 EXPLANATION_RE = re.compile(r"<explanation>(.*?)</explanation>", re.DOTALL)
@@ -95,32 +94,13 @@ class AV:
         self.generator: Generator = fast_generate
 
     @classmethod
-    def from_base(
-        cls,
-        base: str,
-        *,
-        layer: int,
-        injection_scale: float,
-        av_template: str = AV_TEMPLATE,
-        device: str = "cpu",
-        dtype="auto",
-    ) -> AV:
-        """A fresh AV on a base model: marker found for its tokenizer, sidecar filled from its config."""
+    def from_base(cls, base: str, meta: ModelMeta, *, device: str = "cpu", dtype="auto") -> AV:
+        """A fresh AV on a base model for the activations `meta` describes (as `AR.from_base`); when the sidecar
+        names no marker, one is found for the base's tokenizer and the templates."""
         tok = load_tokenizer(base)
-        model = load_causal_lm(base, device=device, dtype=dtype)
-        d = int(model.config.hidden_size)
-        meta = ModelMeta(
-            role="av",
-            d_model=d,
-            extraction_layer_index=layer,
-            injection_scale=injection_scale,
-            mse_scale=math.sqrt(d),
-            tokens=find_marker(tok, av_template),
-            prompt_templates={"av": av_template, "ar": AR_TEMPLATE},
-            base_checkpoint=base,
-            target=base,
-        )
-        return cls(model, tok, meta)
+        if meta.tokens is None:
+            meta = replace(meta, tokens=find_marker(tok, meta.av_template, meta.ar_template))
+        return cls(load_causal_lm(base, device=device, dtype=dtype), tok, meta)
 
     @property
     def device(self) -> torch.device:

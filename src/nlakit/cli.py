@@ -247,8 +247,12 @@ def split(
 def datagen(
     src: Annotated[Path, typer.Argument(help="Activations dataset folder (from `nla extract`).", exists=True)],
     out: Annotated[Path, typer.Option(help="Output dataset folder (source + explanation column).")],
-    provider: Annotated[str, typer.Option(help="grounded (offline), openai or anthropic.")] = "grounded",
-    model: Annotated[str | None, typer.Option(help="grounded: the target model; API: the chat model.")] = None,
+    provider: Annotated[
+        str, typer.Option(help="grounded (offline teacher), nla (an NLA's own AV, from vectors), openai, anthropic.")
+    ] = "grounded",
+    model: Annotated[
+        str | None, typer.Option(help="grounded: the target model; nla: the NLA folder; API: the chat model.")
+    ] = None,
     base_url: Annotated[str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
     concurrency: Annotated[int, typer.Option(help="API: requests in flight.")] = 8,
@@ -261,6 +265,8 @@ def datagen(
 
     if provider == "grounded":
         options = {"model": model or read_dataset_meta(src).extraction.base_model}
+    elif provider == "nla":
+        options = {"model": model or DEFAULT_NLA}
     else:
         options = {k: v for k, v in {"model": model, "base_url": base_url, "api_key_env": api_key_env}.items() if v}
         options["concurrency"] = concurrency
@@ -490,6 +496,9 @@ def eval_cmd(
     ] = None,
     train_data: Annotated[
         Path | None, typer.Option(help="Training activations: retrieval baseline, oracle, and a no-overlap check.")
+    ] = None,
+    compare_ar: Annotated[
+        str | None, typer.Option(help="Another AR (or NLA folder) reading the same explanations, e.g. before training.")
     ] = None,
     max_positions: Annotated[int, typer.Option(min=1, help="Positions scored in all.")] = EvalConfig.max_positions,
     positions_per_doc: Annotated[

@@ -83,6 +83,7 @@ class SFTConfig:
     out: str  # NLA folder: the recipe writes out/ar or out/av, and its run state under out/train_<role>
     val_data: str | None = None
     base: str | None = None  # AR/AV base model; default: the dataset's target model
+    init_from: str | None = None  # an NLA folder or shipped name: start from its trained AR (adapter), not a fresh one
     explanation_column: str = "explanation"
     lora: bool = True
     lora_r: int = 16
@@ -158,6 +159,7 @@ class EvalConfig:
     corpus: str | None = None
     docs_from: str | None = None  # a dataset folder (e.g. the recipe's split/test): evaluate exactly its documents
     train_data: str | None = None  # the training activations: nearest-context baseline, oracle, overlap check
+    compare_ar: str | None = None  # another AR (or NLA folder): it reads the same explanations, e.g. before/after
     max_positions: int = 256
     positions_per_doc: int = 3
     min_position: int = DEFAULT_MIN_POSITION

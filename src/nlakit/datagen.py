@@ -111,9 +111,13 @@ def datagen(
             known = cache.get_many(contexts)
             bar.advance(len([x for x in contexts if x in known]))
             missing = list(dict.fromkeys(x for x in contexts if x not in known))
+            # an explainer that reads activations (an NLA's AV) gets each context's vector: one context, one vector
+            vectors = ds.vectors_of(chunk) if getattr(explainer, "reads_vectors", False) else None
+            row_of = {x: i for i, x in reversed(list(enumerate(contexts)))}
             for b in range(0, len(missing), flush_rows):
                 part = missing[b : b + flush_rows]
-                results = explainer.explain(part, progress=bar.advance)
+                extra = {"vectors": vectors[[row_of[x] for x in part]]} if vectors is not None else {}
+                results = explainer.explain(part, progress=bar.advance, **extra)
                 cache.put_many(list(zip(part, results, strict=True)))
                 known.update(zip(part, results, strict=True))
                 made += len(part)

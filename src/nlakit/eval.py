@@ -32,7 +32,7 @@ from nlakit.extract import sample_positions
 from nlakit.io import atomic_write_text
 from nlakit.maths import cosine, meannorm_baseline, mse_nrm, normalize, rawvar_baseline
 from nlakit.models import final_norm
-from nlakit.nla import NLA, score_texts
+from nlakit.nla import NLA, load_ar, score_texts
 from nlakit.paraphrase import remove_quote_marks, remove_quotes, shuffle_units, shuffle_words, synonym_rewrite
 from nlakit.progress import progress_bar
 from nlakit.steer import kl_divergence, match_norm, next_token_logprobs, steering_vector
@@ -361,6 +361,20 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     teacher = summary("teacher")
     report["reference_lines"] = {"teacher_explanation": teacher}
     report["av_over_teacher"] = main["fve_nrm"] / teacher["fve_nrm"] if teacher["fve_nrm"] > 0 else None
+    if cfg.compare_ar:
+        # the same AV text and vectors through another reader: an AR before and after training differ only there
+        other = load_ar(cfg.compare_ar, device=cfg.device, dtype=cfg.dtype)
+        report["compare_ar"] = {
+            "ar": str(cfg.compare_ar),
+            **{
+                name: summarise(s["mse_nrm"], s["cos"], rawvar, meannorm)
+                for name, s in (
+                    ("explanation", score_texts(other, texts, vectors)),
+                    ("teacher_explanation", score_texts(other, variants["teacher"], vectors)),
+                )
+            },
+        }
+        del other
     if cfg.train_data:
         from nlakit.dataset import read_table, vectors_of
 
@@ -545,6 +559,13 @@ def render_markdown(r: dict) -> str:
         f"by this AR on the same rows (the format's ceiling; AV / teacher = {_f(r.get('av_over_teacher'))}). The "
         "oracle looks at the vector it predicts (nearest training vector): a bound, not a method.",
     ]
+    if r.get("compare_ar"):
+        c = r["compare_ar"]
+        lines += [
+            "",
+            f"The same explanations read by another AR ({c['ar']}): fve_nrm {_f(c['explanation']['fve_nrm'])} "
+            f"(teacher's text: {_f(c['teacher_explanation']['fve_nrm'])}).",
+        ]
     lines += [
         "",
         "## Steganography probes (AR re-scored on transformed explanations)",

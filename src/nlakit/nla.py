@@ -67,16 +67,15 @@ class NLA:
     def __init__(self, av: AV | None, ar: AR | None):
         if av is None and ar is None:
             raise NlakitError("an NLA needs at least an AV or an AR")
-        if av and ar:
-            # an unscrubbed reference AV sidecar records no layer: take it from the AR
-            for a, b in ((av, ar), (ar, av)):
-                if a.meta.extraction_layer_index < 0:
-                    a.meta.extraction_layer_index = b.meta.extraction_layer_index
-            if av.meta.d_model != ar.meta.d_model or av.meta.extraction_layer_index != ar.meta.extraction_layer_index:
-                raise NlakitError(
-                    f"AV (d={av.meta.d_model}, K={av.meta.extraction_layer_index}) and AR (d={ar.meta.d_model}, "
-                    f"K={ar.meta.extraction_layer_index}) were trained for different activations"
-                )
+        metas = [side.meta for side in (av, ar) if side is not None]
+        # an unscrubbed reference AV sidecar records no layer (-1): the pair's K is the one its sidecars record.
+        # The sidecars themselves are left as given (they are saved back as they were loaded).
+        layers = {m.extraction_layer_index for m in metas if m.extraction_layer_index >= 0}
+        if len(layers) > 1 or len({m.d_model for m in metas}) > 1:
+            raise NlakitError(
+                f"AV (d={av.meta.d_model}, K={av.meta.extraction_layer_index}) and AR (d={ar.meta.d_model}, "
+                f"K={ar.meta.extraction_layer_index}) were trained for different activations"
+            )
         self.av, self.ar = av, ar
         self._target = self._target_lm = self._target_tok = None
         self.dtype = "auto"
@@ -85,7 +84,7 @@ class NLA:
         meta = (av or ar).meta
         self.target, self.layer, self.d_model = (
             meta.target or meta.base_checkpoint,
-            meta.extraction_layer_index,
+            max(layers, default=-1),
             meta.d_model,
         )
 
@@ -126,9 +125,6 @@ class NLA:
             if nla.layer >= 0 and nla.layer != layer:
                 raise NlakitError(f"--layer {layer} disagrees with the sidecars' layer {nla.layer}")
             nla.layer = layer
-            for side in (nla.av, nla.ar):
-                if side is not None:
-                    side.meta.extraction_layer_index = layer
         if target is not None:
             nla.target = str(target)
         nla.dtype, nla.device_map, nla.rawvar_override = dtype, device_map, rawvar
@@ -282,6 +278,12 @@ class NLA:
         once) scores as an orthogonal prediction: mse_nrm 2, cos 0."""
         gold = torch.as_tensor(vectors, dtype=torch.float32)
         return score_texts(self.ar, texts, gold)
+
+
+def load_ar(path: str | Path, *, device: str = "cpu", dtype="auto") -> AR:
+    """An AR from its own folder, or from an NLA folder (or shipped name) that holds one under ar/."""
+    root = resolve_nla_path(path)
+    return AR.from_pretrained(root / "ar" if (root / "ar" / META_NAME).is_file() else root, device=device, dtype=dtype)
 
 
 def _base_for(folder: str | Path, target: str | Path | None) -> dict:

@@ -12,12 +12,14 @@ from nlakit.errors import NlakitError
 from nlakit.explainers.api import AnthropicExplainer, OpenAIExplainer
 from nlakit.explainers.base import INSTRUCTION_PROMPT, Explainer, clean_analysis
 from nlakit.explainers.grounded import GroundedExplainer
+from nlakit.explainers.nla_av import AVExplainer
 
 # Name -> constructor. Register further providers here.
 PROVIDERS: dict[str, Callable[..., Explainer]] = {
     "grounded": GroundedExplainer,
     "openai": OpenAIExplainer,
     "anthropic": AnthropicExplainer,
+    "nla": AVExplainer,  # an NLA's own AV, from each row's vector
 }
 
 
@@ -36,6 +38,7 @@ def make_explainer(name: str, **options) -> Explainer:
 __all__ = [
     "INSTRUCTION_PROMPT",
     "PROVIDERS",
+    "AVExplainer",
     "AnthropicExplainer",
     "Explainer",
     "GroundedExplainer",

@@ -6,6 +6,7 @@ curves.png, checkpoints)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,10 +14,12 @@ import torch
 from nlakit.ar import AR
 from nlakit.config import SFTConfig, dump_config
 from nlakit.dataset import load_pairs
+from nlakit.errors import NlakitError
 from nlakit.injection import find_marker
 from nlakit.maths import fve_nrm, meannorm_baseline, mse_nrm, rawvar_baseline
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
 from nlakit.models import load_tokenizer
+from nlakit.nla import resolve_nla_path
 from nlakit.train.loop import add_lora, start_run
 from nlakit.train.sft import run_sft, sft_model_meta
 
@@ -44,9 +47,22 @@ def train_ar(cfg: SFTConfig) -> dict[str, float]:
         rawvar_baseline=rawvar_baseline(train.vectors),
         meannorm_baseline=meannorm_baseline(train.vectors),
     )
-    ar = AR.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
-    if cfg.lora:
-        ar.backbone = add_lora(ar.backbone, cfg.lora_r, cfg.lora_alpha)
+    if cfg.init_from:
+        # adapt a trained AR (e.g. to the AV's text on new registers): its adapter, head and sidecar carry on
+        src = resolve_nla_path(cfg.init_from) / "ar"
+        ar = AR.from_pretrained(src, device=cfg.device, dtype=cfg.dtype, trainable=True)
+        if (ar.meta.d_model, ar.meta.extraction_layer_index) != (meta.d_model, meta.extraction_layer_index):
+            raise NlakitError(
+                f"init_from {src} reconstructs layer {ar.meta.extraction_layer_index} (d={ar.meta.d_model}), "
+                f"unlike the data (layer {meta.extraction_layer_index}, d={meta.d_model})"
+            )
+        ar.meta = replace(
+            meta, tokens=ar.meta.tokens, prompt_templates=ar.meta.prompt_templates, parent_checkpoints=[str(src)]
+        )
+    else:
+        ar = AR.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
+        if cfg.lora:
+            ar.backbone = add_lora(ar.backbone, cfg.lora_r, cfg.lora_alpha)
     ar.value_head.weight.requires_grad_(True)
 
     val = load_pairs(cfg.val_data, cfg.explanation_column, cfg.eval_rows) if cfg.val_data else None

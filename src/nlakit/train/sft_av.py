@@ -15,10 +15,8 @@ from nlakit.av import AV, default_injection_scale
 from nlakit.config import SFTConfig, dump_config
 from nlakit.dataset import load_pairs
 from nlakit.errors import NlakitError
-from nlakit.injection import find_marker
 from nlakit.maths import fve_nrm
-from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
-from nlakit.models import load_causal_lm, load_tokenizer
+from nlakit.meta import AV_TEMPLATE
 from nlakit.nla import score_texts
 from nlakit.train.loop import add_lora, start_run
 from nlakit.train.sft import run_sft, sft_model_meta, shuffled
@@ -29,7 +27,8 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
     train = load_pairs(cfg.data, cfg.explanation_column)
     ext = train.meta.extraction
     base = cfg.base or ext.base_model
-    tok = load_tokenizer(base)
+    if cfg.init_from:
+        raise NlakitError("init_from is for the AR recipe; to train an AV further, continue its run (larger max_steps)")
     av_template = cfg.av_template or AV_TEMPLATE
     if av_template.count("{injection_char}") != 1:
         raise NlakitError("av_template must contain {injection_char} exactly once (where the vector goes)")
@@ -38,15 +37,14 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
         "av",
         cfg,
         train,
-        find_marker(tok, av_template, AR_TEMPLATE),
+        None,  # the marker is found for the base's tokenizer by AV.from_base
         av_template=av_template,
         injection_scale=cfg.injection_scale or default_injection_scale(mean_norm),
         loss_type="sft_nll",
     )
-    model = load_causal_lm(base, device=cfg.device, dtype=cfg.dtype)
+    av = AV.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
     if cfg.lora:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, task_type="CAUSAL_LM")
-    av = AV(model, tok, meta)
+        av.model = add_lora(av.model, cfg.lora_r, cfg.lora_alpha, task_type="CAUSAL_LM")
     val = load_pairs(cfg.val_data, cfg.explanation_column, cfg.eval_rows) if cfg.val_data else None
 
     val_shuffled = shuffled(val.vectors, cfg.seed) if val else None

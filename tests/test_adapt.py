@@ -1,0 +1,54 @@
+"""Adapting a trained AR to its AV's own text: `nla datagen --provider nla` writes the AV's greedy explanations of
+each row's vector (resumable, cached), and `nla train ar init_from=NLA` continues from that NLA's AR."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import sft_config
+from nlakit import dataset as ds
+from nlakit.datagen import datagen
+from nlakit.errors import NlakitError
+from nlakit.explainers import make_explainer
+from nlakit.meta import read_model_meta
+from nlakit.nla import NLA
+from nlakit.train.sft_ar import train_ar
+from nlakit.train.sft_av import train_av
+
+
+@pytest.fixture(scope="module")
+def av_explained(nla_dir, tiny_pairs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapt") / "explained"
+    result = datagen(tiny_pairs["train"], out, make_explainer("nla", model=str(nla_dir[0]), dtype="float32"))
+    return out, result
+
+
+def test_nla_explainer_writes_the_avs_greedy_explanations(av_explained, nla_dir, tiny_pairs):
+    out, result = av_explained
+    table = ds.read_table(out)
+    src = ds.read_table(tiny_pairs["train"])
+    assert result.rows == table.num_rows > 0 and result.dropped == src.num_rows - table.num_rows
+    nla = NLA.from_pretrained(nla_dir[0], dtype="float32")
+    first = table.slice(0, 6)
+    expected = nla.verbalize(ds.vectors_of(first), max_new_tokens=nla.av.meta.max_new_tokens, temperature=0.0)
+    assert first.column("explanation").to_pylist() == expected
+    # the explanation follows the vector, not the text: it is not the teacher's (the source column) for every row
+    assert table.column("explanation").to_pylist() != src.column("explanation").to_pylist()[: table.num_rows]
+    again = datagen(tiny_pairs["train"], out, make_explainer("nla", model=str(nla_dir[0]), dtype="float32"))
+    assert again.explained_now == 0 and again.rows == result.rows  # resumed from its parts: nothing explained twice
+
+
+def test_ar_init_from_continues_the_trained_ar(av_explained, nla_dir, tmp_path):
+    data, _ = av_explained
+    pairs = {"train": data, "val": data}
+    src = NLA.from_pretrained(nla_dir[0], dtype="float32")
+    texts = ds.read_table(data).column("explanation").to_pylist()[:4]
+    # lr 0: the adapted AR must be exactly the one it started from (a fresh AR would predict something else)
+    train_ar(sft_config(pairs, tmp_path / "a", init_from=str(nla_dir[0]), lr=0.0, max_steps=2, eval_every=2))
+    adapted = NLA.from_pretrained(tmp_path / "a", ar=tmp_path / "a" / "ar", dtype="float32")
+    torch.testing.assert_close(adapted.reconstruct(texts), src.reconstruct(texts))
+    meta = read_model_meta(tmp_path / "a" / "ar")
+    assert meta.parent_checkpoints == [str(nla_dir[0] / "ar")] and meta.tokens == src.ar.meta.tokens
+    with pytest.raises(NlakitError, match="init_from is for the AR recipe"):
+        train_av(sft_config(pairs, tmp_path / "b", init_from=str(nla_dir[0])))
