@@ -1,11 +1,12 @@
-"""Validation fve_nrm against CPU-hours across a recipe's stages (AR SFT, AV SFT, RL), from their metrics.jsonl.
+"""Validation fve_nrm against CPU-hours across a recipe's stages, from the metrics logs kept in the recipe folder.
 
-    python scripts/plot_progress.py runs/smollm2-L20 --out recipes/smollm2-L20/logs/progress.png
+    python scripts/plot_progress.py recipes/smollm2-L20/logs --out recipes/smollm2-L20/logs/progress.png
 
 Hours are the summed `sec` of logged steps (every step is logged at log_every=1; otherwise the per-step time of
 the logged rows is scaled by the logging interval), so they count training compute, not evaluation or idle time.
-The AR SFT curve is the AR reading the teacher's explanations (the format's ceiling); the AV SFT and RL curves are
-the AV's own explanations read by the AR, which is what the NLA delivers.
+The AR SFT curve is the AR reading the teacher's explanations (the format's ceiling); the RL and AR-adaptation
+curves are the AV's own explanations read by the AR, which is what the NLA delivers. Stages are drawn in the order
+they ran; a stage whose log is missing is skipped. The validation rows differ by stage (see each label).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = (
-    ("train_ar", "nla", "val_fve_nrm", "AR SFT: teacher text -> AR"),
-    ("train_av", "nla", "val_fve_nrm", "AV SFT: AV text -> AR"),
-    ("train_rl", "nla_rl", "val_fve_nrm", "RL: AV text -> live AR"),
+STAGES = (  # (log file, metric, label, line style)
+    ("ar_sft_metrics.jsonl", "val_fve_nrm", "v1 AR SFT: teacher text -> AR (512 wiki val rows)", "-"),
+    ("av_sft_metrics.jsonl", "val_fve_nrm", "v1 AV SFT: AV text -> AR", "-"),
+    ("rl_metrics.jsonl", "val_fve_nrm", "v1 RL: AV text -> live AR (64 wiki val rows)", "-"),
+    ("rl_continue_attempt_metrics.jsonl", "val_fve_nrm", "v2 try: more RL, fresh optimizer (abandoned)", ":"),
+    ("ar_adapt_metrics.jsonl", "val_fve_nrm", "v2: AR adapted to AV text (210 wiki+chat+code rows)", "-"),
 )
 
 
@@ -39,7 +42,7 @@ def curve(path: Path, key: str) -> tuple[list[float], list[float], float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", type=Path)
+    ap.add_argument("logs", type=Path, help="the recipe's logs folder")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     import matplotlib
@@ -49,13 +52,13 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     offset = 0.0
-    for run, folder, key, label in STAGES:
-        log = args.runs / folder / run / "metrics.jsonl"
+    for name, key, label, style in STAGES:
+        log = args.logs / name
         if not log.is_file():
             continue
         xs, ys, total = curve(log, key)
         if xs:
-            ax.plot([offset + x for x in xs], ys, marker=".", label=label)
+            ax.plot([offset + x for x in xs], ys, marker=".", ls=style, label=label)
         offset += total
     ax.axhline(0.5, color="grey", ls="--", lw=0.8, label="goal 0.5")
     ax.set_xlabel("training CPU-hours (2 cores)")
