@@ -4,7 +4,8 @@
 #   wiki_test:        documents of v1's test split, 300 positions
 #   chat_heldout:     the chat documents of the chat/code split's test part (v2's AR adapted on its train part)
 #   code_heldout:     the code documents of that test part
-#   fiction_reviews:  24 fiction + 23 review documents written from seed-1 prompts: registers neither NLA trained on
+#   fiction_reviews:  24 fiction + 23 review documents written from seed-1 prompts (120 positions): registers neither
+#                     NLA trained on
 # Usage: recipes/smollm2-L20/eval_v2.sh [NLA_FOLDER] [REPORT_FOLDER]
 set -euo pipefail
 NLA=${NLA:-.venv/bin/nla}
@@ -26,5 +27,5 @@ PY
 run() { $NLA eval --nla $SRC --compare-ar $R/nla_v1 --max-positions 300 "$@"; }
 run --corpus wiki --docs-from $R/v1_split/test --train-data $R/v1_split/train --out $OUT/wiki_test
 run --texts $R/chat_heldout.jsonl --positions-per-doc 5 --out $OUT/chat_heldout
+run --texts $R/synth_heldout.jsonl --max-positions 120 --out $OUT/fiction_reviews
 run --texts $R/code_heldout.jsonl --positions-per-doc 5 --out $OUT/code_heldout
-run --texts $R/synth_heldout.jsonl --out $OUT/fiction_reviews
