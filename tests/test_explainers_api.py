@@ -430,7 +430,7 @@ def test_make_explainer_builds_registered_providers(api: FakeAPI) -> None:
 
 
 def test_make_explainer_unknown_name() -> None:
-    with pytest.raises(NlakitError, match="unknown explainer 'gpt'.*anthropic, grounded, openai"):
+    with pytest.raises(NlakitError, match="unknown explainer 'gpt'.*anthropic, grounded, nla, openai"):
         make_explainer("gpt")
 
 

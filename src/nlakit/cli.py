@@ -358,10 +358,11 @@ def _dtype_note(dtype: str, device: str) -> None:
 def _load(nla: str | None, device: str, dtype: str, **released):
     from nlakit.nla import NLA
 
-    _dtype_note(dtype, device)
     if nla is None and not (released.get("av") or released.get("ar")):
         nla = DEFAULT_NLA
-    return NLA.from_pretrained(nla, device=device, dtype=dtype, **released)
+    model = NLA.from_pretrained(nla, device=device, dtype=dtype, **released)
+    _dtype_note(dtype, device)  # after the load: a bad path is one error line, not a note and an error
+    return model
 
 
 def _explain(model, text: str, positions: list[int] | None, max_new_tokens: int | None, temperature: float) -> list:
@@ -542,8 +543,8 @@ def eval_cmd(
     )
     if cfg.nla is None and not (cfg.av or cfg.ar):
         cfg = replace(cfg, nla=DEFAULT_NLA)
-    _dtype_note(cfg.dtype, cfg.device)
     r = run_eval(cfg)
+    _dtype_note(cfg.dtype, cfg.device)
     console.print(
         f"n={r['n']} fve_nrm={r['fve_nrm']:.3f} cos={r['cos_mean']:.3f} mse_nrm={r['mse_nrm']:.3f}; "
         f"round-trip KL {r['round_trip']['reconstruction']['kl_mean']:.3f} (mean vector "
@@ -576,7 +577,6 @@ def serve(
     if allowed_hosts_for(host) is None:
         err_console.print(f"[yellow]warning:[/] binding {host} lets other machines use this model; there is no login")
     load = _released(av, ar, target, layer, injection_scale, rawvar, data, device_map)
-    _dtype_note(dtype, device)
     run(None if (av or ar) and nla == DEFAULT_NLA else nla, host=host, port=port, dtype=dtype, device=device, load=load)
 
 

@@ -123,6 +123,8 @@ def datagen(
                 made += len(part)
             explanations = [known[x] for x in contexts]
             keep = pa.array([e is not None for e in explanations])
+            if "explanation" in chunk.column_names:  # re-explained by another provider: the new text replaces it
+                chunk = chunk.drop_columns(["explanation"])
             kept = chunk.append_column("explanation", pa.array(explanations, pa.string())).filter(keep)
             ds.write_parquet(out / ds.part_name(c), kept)
     seconds = time.perf_counter() - t0
