@@ -409,6 +409,94 @@ def test_a_full_queue_answers_429_with_retry_after(queued_server):
     assert raw_post(port, "/api/explain", {**body, "positions": [2]})[0] == 200
 
 
+MODEL_ROUTES = {
+    "/api/topk": {"text": TEXT, "positions": [3], "k": 5},
+    "/api/steer": {
+        "prompt": TEXT,
+        "original": "The text ends with the token 'city'.",
+        "edited": "The text ends with the token 'region'.",
+        "position": 4,
+        "alpha": 0.25,
+        "max_new_tokens": 4,
+    },
+    "/api/continue": {"text": "The city of", "max_new_tokens": 4},
+    "/api/chat": {"messages": [{"role": "user", "content": "Where is Paris?"}], "max_new_tokens": 4},
+}
+
+
+def test_a_full_model_queue_answers_429_on_every_model_route(queued_server):
+    """topk, steer, continue and chat share one bounded queue: with one running (blocked on the models) and
+    max_waiting (1) waiting, each of them is refused at once with a one-line JSON 429 and Retry-After; the slots free
+    up afterwards, after an error too."""
+    viewer, port = queued_server
+    results: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    def call(path: str) -> threading.Thread:
+        t = threading.Thread(target=lambda: results.__setitem__(path, raw_post(port, path, MODEL_ROUTES[path])))
+        t.start()
+        return t
+
+    viewer.lock.acquire()  # the models are busy: the first request runs (blocked on them), the next one waits
+    try:
+        running = call("/api/topk")
+        wait_for(lambda: len(viewer.model_queue.tickets) == 1, "the topk request to be admitted")
+        waiting = call("/api/steer")
+        wait_for(lambda: len(viewer.model_queue.tickets) == 2, "the steer request to wait")
+        for path, body in MODEL_ROUTES.items():
+            start = time.monotonic()
+            status, headers, raw = raw_post(port, path, body)
+            assert status == 429 and time.monotonic() - start < 10, (path, status, raw)
+            assert headers["content-type"] == "application/json" and int(headers["retry-after"]) >= 1
+            assert headers["cache-control"] == "no-store"
+            detail = json.loads(raw)["detail"]
+            assert "busy" in detail and "1 model request running and 1 waiting" in detail, detail
+            assert f"retry in about {headers['retry-after']} s" in detail and "\n" not in detail
+        assert len(viewer.model_queue.tickets) == 2  # the refusals took no place
+        # tokenizing does not use the models, so it is not queued
+        assert raw_post(port, "/api/tokenize", {"text": TEXT})[0] == 200
+    finally:
+        viewer.lock.release()
+    for t in (running, waiting):
+        t.join(timeout=300)
+    assert results["/api/topk"][0] == 200 and json.loads(results["/api/topk"][2])["rows"][0]["position"] == 3
+    assert results["/api/steer"][0] == 200 and json.loads(results["/api/steer"][2])["position"] == 4
+    wait_for(lambda: not viewer.model_queue.tickets, "the model queue to empty")
+    # a request that fails inside the models' lock frees its slot too
+    status, _, raw = raw_post(port, "/api/steer", {**MODEL_ROUTES["/api/steer"], "position": 40})
+    assert status == 400 and "outside" in json.loads(raw)["detail"]
+    assert not viewer.model_queue.tickets
+    for path, body in MODEL_ROUTES.items():  # every route is served again
+        assert raw_post(port, path, body)[0] == 200, path
+    assert not viewer.model_queue.tickets and not viewer.queue.tickets
+
+
+def test_openapi_documents_the_429s(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("explain", *(p.rsplit("/", 1)[1] for p in MODEL_ROUTES)):
+        responses = spec["paths"][f"/api/{path}"]["post"]["responses"]
+        assert responses["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut"), path
+
+
+def test_serve_passes_max_waiting_to_the_limits(nla_dir, monkeypatch):
+    import uvicorn
+
+    from nlakit.errors import NlakitError
+    from nlakit.serve import serve
+
+    # refused before anything loads or listens
+    for bad in (-1, 1.5, "4"):
+        with pytest.raises(NlakitError, match=r"--max-waiting must be a whole number 0 or more") as e:
+            serve(nla_dir[0], max_waiting=bad)
+        assert "\n" not in str(e.value)
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))  # the app serve() builds, not run
+    serve(nla_dir[0], port=free_port(), dtype="float32", max_waiting=0)
+    viewer = apps[0].state.viewer
+    assert viewer.queue.capacity == viewer.model_queue.capacity == 1  # 0 waiting: only the running one
+    with TestClient(apps[0], base_url="http://127.0.0.1") as c:  # a loopback server checks the Host header
+        assert c.get("/api/info").json()["limits"]["max_waiting"] == 0
+
+
 # --- the real `nla serve` process -----------------------------------------------------------------------------
 
 

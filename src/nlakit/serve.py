@@ -8,8 +8,11 @@ this module only validates, serialises and streams.
 One NLA per process; torch calls are serialised by one lock (a CPU box has few cores, and the models are shared).
 Explanations stream as NDJSON in large batches (up to `Limits.max_batch` positions in one `NLA.explain` call, as the
 CLI does: batched generation is several times faster per position than small batches), and other requests (a token
-click, a steering run) get the models between batches. Explain requests queue in arrival order behind the one that
-runs; when `Limits.max_waiting` already wait, the next is refused with a 429 and a Retry-After header.
+click, a steering run) get the models between batches. Every request that uses the models waits in a bounded queue:
+explain requests in one, the other model requests (topk, steer, continue, chat) in another, each in arrival order
+behind the one that runs. When `Limits.max_waiting` already wait in a queue, the next request for it is refused at
+once with a 429, a Retry-After header and a one-line JSON `detail`; a waiting request is a coroutine, not a thread,
+so a burst cannot pile up threads.
 """
 
 import asyncio
@@ -52,7 +55,8 @@ class Limits:
     max_positions: int = 1024  # positions explained by one /api/explain request
     # positions verbalised in one batched generation (one lock hold); 64 keeps a 1024-token text's KV cache small
     max_batch: int = 64
-    max_waiting: int = 4  # explain requests that may wait behind the running one; the next gets a 429
+    # requests that may wait behind the running one, per queue (explain; the other model requests); the next: 429
+    max_waiting: int = 4
     max_explanation_tokens: int = 200
     max_new_tokens: int = 200  # continuation / steering length
     max_topk_positions: int = 16
@@ -86,15 +90,17 @@ class _Ticket:
 
 
 class ExplainQueue:
-    """Explain requests in arrival order: the head runs, up to `waiting` more wait, and the rest are refused.
+    """Requests in arrival order: the head runs, up to `waiting` more wait, and the rest are refused. The viewer has
+    two: one for explain streams, one for the other model requests (`what` names them in the 429's message).
 
     Lives on the event loop (admit, wait and release all run there), so it needs no lock; a client that goes away
-    while waiting leaves at once (its stream is cancelled and `release` runs)."""
+    while waiting for an explanation leaves at once (its stream is cancelled and `release` runs)."""
 
-    def __init__(self, waiting: int) -> None:
+    def __init__(self, waiting: int, what: str = "explain", seconds: float = 10.0) -> None:
         self.capacity = waiting + 1
+        self.what = what
         self.tickets: list[_Ticket] = []
-        self.seconds = 10.0  # running mean of one request's time at the head; seeds Retry-After
+        self.seconds = seconds  # running mean of one request's time at the head; seeds Retry-After
 
     @property
     def waiting(self) -> int:
@@ -133,6 +139,18 @@ class ExplainQueue:
     def retry_after(self) -> int:
         """Seconds until a place is likely to free: about one request's time (the head's), at least 1."""
         return max(1, min(600, math.ceil(self.seconds)))
+
+    def refuse(self) -> JSONResponse:
+        """The 429 for a full queue: one line saying what runs, what waits, and when to retry."""
+        wait = self.retry_after()
+        return JSONResponse(
+            {
+                "detail": f"the viewer is busy: 1 {self.what} request running and {self.waiting} waiting (the most "
+                f"it queues); retry in about {wait} s"
+            },
+            status_code=429,
+            headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
+        )
 
 
 def batches(positions: list[int], size: int) -> list[list[int]]:
@@ -316,12 +334,15 @@ def create_app(
     SteerIn, ContinueIn, ChatIn = models["SteerIn"], models["ContinueIn"], models["ChatIn"]
     lock = threading.Lock()  # the models: one torch call at a time
     queue = ExplainQueue(limits.max_waiting)
+    # topk, steer, continue and chat: short calls, each one lock hold; they wait here (not behind whole explanations,
+    # whose streams give the lock up between batches)
+    model_queue = ExplainQueue(limits.max_waiting, what="model", seconds=2.0)
     # the server's own tokenizer copy: the models' lock is held for a whole batch, and a Rust fast tokenizer shared
     # across threads can fail ("Already borrowed"); tokenizing (and a 429) never waits for the models this way
     tok_lock = threading.Lock()
     tokenizer = copy.deepcopy(nla.target_tokenizer())
     tok_view = SimpleNamespace(target_tokenizer=lambda: tokenizer)
-    app_state = SimpleNamespace(lock=lock, queue=queue)
+    app_state = SimpleNamespace(lock=lock, queue=queue, model_queue=model_queue)
     errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut, "description": "Bad input (NlakitError)."}}
     # only files that ship in the package's web folder, looked up by exact name: no user path reaches the filesystem
     static = {p.name: p for p in WEB.iterdir() if p.is_file() and not p.name.startswith(".")} if WEB.is_dir() else {}
@@ -334,7 +355,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.viewer = app_state  # the models' lock and the explain queue, for tests and diagnostics
+    app.state.viewer = app_state  # the models' lock and the two queues, for tests and diagnostics
     if allowed_hosts:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -365,6 +386,24 @@ def create_app(
         if bad:
             raise NlakitError(f"position {bad[0]} is outside the text's {n} tokens (0..{n - 1})")
 
+    async def with_models(work: Callable[[], Any]) -> Any:
+        """Run `work` under the models' lock once this request reaches the head of the model queue; a 429 when the
+        queue is full. The slot is freed however the request ends (an answer, an error, a cancelled task)."""
+        ticket = model_queue.admit()
+        if ticket is None:
+            return model_queue.refuse()
+
+        def locked() -> Any:
+            with lock:
+                return work()
+
+        try:
+            async for _ahead in model_queue.wait(ticket):
+                pass
+            return await run_in_threadpool(locked)
+        finally:
+            model_queue.release(ticket)
+
     @app.get("/api/info", response_model=InfoOut, tags=["api"])
     def info() -> InfoOut:
         """What this server explains: the NLA, its target model and layer, and the request limits."""
@@ -387,6 +426,8 @@ def create_app(
         return TokenizeOut(tokens=tokenize(req.text)[1])
 
     busy = {"model": ErrorOut, "description": "The explain queue is full; retry after Retry-After seconds."}
+    model_busy = {"model": ErrorOut, "description": "The model queue is full; retry after Retry-After seconds."}
+    model_errors = {**errors, 429: model_busy}
 
     @app.post(
         "/api/explain",
@@ -419,15 +460,7 @@ def create_app(
             raise NlakitError(f"{len(positions)} positions; explain at most {limits.max_positions} per request")
         ticket = queue.admit()
         if ticket is None:
-            wait = queue.retry_after()
-            return JSONResponse(
-                {
-                    "detail": f"the viewer is busy: 1 explain request running and {queue.waiting} waiting (the most "
-                    f"it queues); retry in about {wait} s"
-                },
-                status_code=429,
-                headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
-            )
+            return queue.refuse()
         text, new_tokens = req.text, req.max_new_tokens
         plan = batches(positions, req.batch_size)
 
@@ -453,16 +486,17 @@ def create_app(
 
         return NDJSONResponse(events(), on_close=lambda: queue.release(ticket), headers={"Cache-Control": "no-store"})
 
-    @app.post("/api/topk", response_model=TopkOut, responses=errors, tags=["api"])
-    def topk(req: TopkIn) -> TopkOut:
+    @app.post("/api/topk", response_model=TopkOut, responses=model_errors, tags=["api"])
+    async def topk(req: TopkIn) -> Any:
         """The full target's top-k next tokens after each position (log-probs from the LM head), and the rank of
-        the token that actually follows."""
-        ids, tokens = tokenize(req.text)
+        the token that actually follows. A 429 with Retry-After when `max_waiting` model requests already wait."""
+        ids, tokens = await run_in_threadpool(tokenize, req.text)
         positions = list(dict.fromkeys(req.positions))
         check_positions(positions, len(ids))
-        rows = []
-        with lock:
+
+        def work() -> TopkOut:
             model, tok = nla.target_lm(), nla.target_tokenizer()
+            rows = []
             for p in positions:
                 # one position per call: the batched form materialises [n, T, V] logits, large for a long text
                 logp = next_token_logprobs(model, ids, [p], nla.layer)[0]
@@ -478,14 +512,18 @@ def create_app(
                     rank = int((logp > logp[nxt]).sum()) + 1
                     actual = NextToken(id=nxt, token=tok.decode([nxt]), logprob=float(logp[nxt]), rank=rank)
                 rows.append(TopkRow(position=p, token=tokens[p].token, top=top, actual=actual))
-        return TopkOut(rows=rows)
+            return TopkOut(rows=rows)
 
-    @app.post("/api/steer", response_model=SteerOut, responses=errors, tags=["api"])
-    def steer_route(req: SteerIn) -> SteerOut:
+        return await with_models(work)
+
+    @app.post("/api/steer", response_model=SteerOut, responses=model_errors, tags=["api"])
+    async def steer_route(req: SteerIn) -> Any:
         """Steer the target by an explanation edit (`steer.steer`): add alpha * |h| * delta / |delta| (delta =
         AR(edited) - AR(original); alpha is a fraction of the activation's norm, about 0.25 works best on the shipped
-        NLA) at `position` and continue greedily; the untouched continuation comes back beside it."""
-        with lock:
+        NLA) at `position` and continue greedily; the untouched continuation comes back beside it. A 429 with
+        Retry-After when `max_waiting` model requests already wait."""
+
+        def work() -> SteerOut:
             r = steer(
                 nla,
                 req.prompt,
@@ -495,9 +533,11 @@ def create_app(
                 alpha=req.alpha,
                 max_new_tokens=req.max_new_tokens,
             )
-        return SteerOut(
-            original=r.original, steered=r.steered, delta_norm=r.delta_norm, position=r.position, alpha=req.alpha
-        )
+            return SteerOut(
+                original=r.original, steered=r.steered, delta_norm=r.delta_norm, position=r.position, alpha=req.alpha
+            )
+
+        return await with_models(work)
 
     def continuation_ids(text: str, max_new_tokens: int) -> tuple[list[int], Any]:
         tok = nla.target_tokenizer()
@@ -509,31 +549,39 @@ def create_app(
             )
         return greedy_continuation(nla, ids, max_new_tokens), tok
 
-    @app.post("/api/continue", response_model=ContinueOut, responses=errors, tags=["api"])
-    def continue_route(req: ContinueIn) -> ContinueOut:
-        """Append the target's greedy continuation to the text."""
+    @app.post("/api/continue", response_model=ContinueOut, responses=model_errors, tags=["api"])
+    async def continue_route(req: ContinueIn) -> Any:
+        """Append the target's greedy continuation to the text. A 429 with Retry-After when `max_waiting` model
+        requests already wait."""
         if not req.text.strip():
             raise NlakitError("the text is empty; type something for the model to continue")
-        with lock:
+
+        def work() -> ContinueOut:
             new, tok = continuation_ids(req.text, req.max_new_tokens)
             continuation = tok.decode(new, skip_special_tokens=True)
-        return ContinueOut(text=req.text + continuation, continuation=continuation)
+            return ContinueOut(text=req.text + continuation, continuation=continuation)
 
-    @app.post("/api/chat", response_model=ChatOut, responses=errors, tags=["api"])
-    def chat(req: ChatIn) -> ChatOut:
+        return await with_models(work)
+
+    @app.post("/api/chat", response_model=ChatOut, responses=model_errors, tags=["api"])
+    async def chat(req: ChatIn) -> Any:
         """Chat with the target: render the messages with its chat template, generate the assistant's reply
-        greedily, and return the whole rendered conversation (reply included) for explaining."""
-        with lock:
+        greedily, and return the whole rendered conversation (reply included) for explaining. A 429 with Retry-After
+        when `max_waiting` model requests already wait."""
+        if not getattr(tokenizer, "chat_template", None):  # the server's copy: the same template, no lock needed
+            raise NlakitError(f"{nla.target}'s tokenizer has no chat template; use /api/continue instead")
+        messages = [m.model_dump() for m in req.messages]
+
+        def work() -> ChatOut:
             tok = nla.target_tokenizer()
-            if not getattr(tok, "chat_template", None):
-                raise NlakitError(f"{nla.target}'s tokenizer has no chat template; use /api/continue instead")
-            messages = [m.model_dump() for m in req.messages]
             rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             new, _ = continuation_ids(rendered, req.max_new_tokens)
             # the conversation keeps the end-of-turn token so the next turn renders the same way
             full = rendered + tok.decode(new, skip_special_tokens=False)
             reply = tok.decode(new, skip_special_tokens=True).strip()
-        return ChatOut(text=full, reply=reply)
+            return ChatOut(text=full, reply=reply)
+
+        return await with_models(work)
 
     base_openapi = app.openapi
 
@@ -623,9 +671,13 @@ def serve(
     dtype: str = "auto",
     log_level: str = "info",
     load: dict | None = None,
+    max_waiting: int = Limits.max_waiting,
 ) -> None:
     """Load an NLA (a folder or a shipped name; `load` adds NLA.from_pretrained keywords such as av, ar, target) and
-    serve the viewer until interrupted."""
+    serve the viewer until interrupted. `max_waiting` requests may wait behind the running one in each queue (explain;
+    the other model requests) before the next gets a 429; 0 refuses any request while one runs."""
+    if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0:
+        raise NlakitError(f"--max-waiting must be a whole number 0 or more (got {max_waiting!r})")
     _check_port(host, port)
     import uvicorn
 
@@ -636,7 +688,8 @@ def serve(
     model.target_tokenizer()
     model.target_backbone()
     model.target_lm()
-    app = create_app(model, name=str(nla), allowed_hosts=allowed_hosts_for(host))
+    limits = Limits(max_waiting=max_waiting)
+    app = create_app(model, name=str(nla), limits=limits, allowed_hosts=allowed_hosts_for(host))
     shown = f"[{host}]" if ":" in host else host
     print(f"nla serve: {nla} ({model.target}, layer {model.layer}) on http://{shown}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
