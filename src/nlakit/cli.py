@@ -559,6 +559,9 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    max_waiting: Annotated[
+        int, typer.Option(min=0, help="Requests that may wait behind the running one (per queue); the next gets a 429.")
+    ] = 4,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
     av: AvOpt = None,
@@ -577,7 +580,15 @@ def serve(
     if allowed_hosts_for(host) is None:
         err_console.print(f"[yellow]warning:[/] binding {host} lets other machines use this model; there is no login")
     load = _released(av, ar, target, layer, injection_scale, rawvar, data, device_map)
-    run(None if (av or ar) and nla == DEFAULT_NLA else nla, host=host, port=port, dtype=dtype, device=device, load=load)
+    run(
+        None if (av or ar) and nla == DEFAULT_NLA else nla,
+        host=host,
+        port=port,
+        dtype=dtype,
+        device=device,
+        load=load,
+        max_waiting=max_waiting,
+    )
 
 
 class StorageDtype(str, Enum):
