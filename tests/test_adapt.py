@@ -30,9 +30,13 @@ def test_nla_explainer_writes_the_avs_greedy_explanations(av_explained, nla_dir,
     src = ds.read_table(tiny_pairs["train"])
     assert result.rows == table.num_rows > 0 and result.dropped == src.num_rows - table.num_rows
     nla = NLA.from_pretrained(nla_dir[0], dtype="float32")
-    first = table.slice(0, 6)
-    expected = nla.verbalize(ds.vectors_of(first), max_new_tokens=nla.av.meta.max_new_tokens, temperature=0.0)
-    assert first.column("explanation").to_pylist() == expected
+    # Verbalize exactly the batch datagen sent first (its first 32 rows, all distinct contexts): greedy decoding of the
+    # same batch is the same on every CPU, while another batch composition pads differently and may round differently.
+    first = src.slice(0, 32)
+    assert len(set(first.column("context").to_pylist())) == first.num_rows == 32
+    said = nla.verbalize(ds.vectors_of(first), max_new_tokens=nla.av.meta.max_new_tokens, temperature=0.0)
+    expected = [t for t in said if t.strip()]
+    assert len(expected) >= 16 and table.column("explanation").to_pylist()[: len(expected)] == expected
     # the explanation follows the vector, not the text: it is not the teacher's (the source column) for every row
     assert table.column("explanation").to_pylist() != src.column("explanation").to_pylist()[: table.num_rows]
     again = datagen(tiny_pairs["train"], out, make_explainer("nla", model=str(nla_dir[0]), dtype="float32"))
