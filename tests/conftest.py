@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,39 @@ def perturb_lora(model, scale: float, match: str = "lora_", seed: int = 0):
             if match in name:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+# ---- the real `nla` entry point, in this process (one torch import for many calls) ----
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def nla(capsys, monkeypatch):
+    """Run `nla ARGS...` through `main`, as the console script does."""
+    from nlakit.cli import main
+
+    def run(*args: str) -> Result:
+        monkeypatch.setattr(sys, "argv", ["nla", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return run
+
+
+def assert_one_line_error(r: Result, *needles: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

@@ -6,49 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from conftest import Result, assert_one_line_error
 from nlakit import __version__
-from nlakit.cli import main
 
 MISSING = "/nonexistent/nlakit-test"
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def nla(capsys, monkeypatch):
-    """Run `nla ARGS...` through `main`, as the console script does."""
-
-    def run(*args: str) -> Result:
-        monkeypatch.setattr(sys, "argv", ["nla", *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        out = capsys.readouterr()
-        return Result(code, out.out, out.err)
-
-    return run
-
-
-def assert_one_line_error(r: Result, *needles: str) -> str:
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr and r.stdout == ""
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def test_console_script():

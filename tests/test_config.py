@@ -3,13 +3,13 @@ types with one-line errors, and the CLI's extract/eval/synth/train all go throug
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from nlakit.cli import main
+from conftest import assert_one_line_error
 from nlakit.config import EvalConfig, ExtractConfig, SFTConfig, SynthConfig, load_config
 from nlakit.errors import NlakitError
 
@@ -57,33 +57,79 @@ def test_bad_config_is_one_clear_error(tmp_path, yaml_text, overrides, needle):
     assert needle in str(e.value) and "\n" not in str(e.value).strip()
 
 
-def _nla(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["nla", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    return code, capsys.readouterr().err
-
-
-def test_extract_cli_options_yaml_and_overrides_meet(tmp_path, monkeypatch, capsys):
+def test_extract_cli_options_yaml_and_overrides_meet(tmp_path, nla):
     """A YAML config, one typed option and one override, through the real command on the tiny model: the sidecar
     records each from where it came, and an option left at its default does not override the YAML."""
     out = tmp_path / "acts"
     cfg = _yaml(tmp_path, f"model: tiny\nlayers: [1]\ncorpus: wiki\nout: {out}\nmax_docs: 3\nseed: 5\n")
-    code, err = _nla(monkeypatch, capsys, "extract", "--config", str(cfg), "--positions-per-doc", "2", "max_tokens=64")
-    assert code == 0, err
+    r = nla("extract", "--config", str(cfg), "--positions-per-doc", "2", "max_tokens=64")
+    assert r.returncode == 0, r.stderr
     meta = yaml.safe_load((out / "nla_meta.yaml").read_text())
     ext, extra = meta["extraction"], meta["nlakit_extraction"]
     assert ext["positions_per_doc"] == 2 and extra["max_tokens"] == 64  # the option and the override
     assert extra["seed"] == 5 and ext["corpus_slice"]["length"] == 3  # from the YAML: --seed's default did not win
 
 
-def test_cli_config_errors_are_one_line(tmp_path, monkeypatch, capsys):
-    code, err = _nla(monkeypatch, capsys, "extract", "--model", "tiny")
-    assert code == 2 and err.startswith("error: config is missing layers, corpus, out") and err.count("\n") == 1
-    code, err = _nla(monkeypatch, capsys, "eval", "--corpus", "wiki", "max_positions=many")
-    assert code == 2 and "'many' is not an integer" in err and err.count("\n") == 1
-    code, err = _nla(monkeypatch, capsys, "eval", "--config", str(_yaml(tmp_path, "out: r\nmax_position: 3\n")))
-    assert code == 2 and "unknown config key(s) ['max_position']" in err
+def test_cli_config_errors_are_one_line(tmp_path, nla):
+    assert_one_line_error(nla("extract", "--model", "tiny"), "error: config is missing layers, corpus, out")
+    assert_one_line_error(nla("eval", "--corpus", "wiki", "max_positions=many"), "'many' is not an integer")
+    bad = _yaml(tmp_path, "out: r\nmax_position: 3\n")
+    assert_one_line_error(nla("eval", "--config", str(bad)), "unknown config key(s) ['max_position']")
+
+
+MODEL_COMMANDS = ("explain", "demo", "verbalize", "reconstruct", "serve", "eval")
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_every_model_command_takes_the_shared_options_and_a_config(nla, command):
+    r = nla(command, "-h")
+    assert r.returncode == 0
+    for option in ("--nla", "--device", "--dtype", "--config"):
+        assert option in r.stdout, (command, option)
+    if command in ("explain", "demo", "verbalize", "eval"):
+        assert "--max-new-tokens" in r.stdout and ("--temperature" in r.stdout or command == "eval")
+
+
+@pytest.mark.parametrize(
+    ("args", "yaml_text", "needle"),
+    [
+        (["explain", "hi"], "temperature: -1\n", "temperature must be a number 0 or more"),
+        (["explain", "hi"], "positions: [1, x]\n", "config key 'positions[1]': 'x' is not an integer"),
+        (["demo"], "max_new_tokens: 0\n", "max_new_tokens must be a number 1 or more"),
+        (["verbalize", "."], "n: 0\n", "n must be a number 1 or more"),
+        (["reconstruct", "a cat"], "rawvar: -2\n", "rawvar must be a number 0 or more"),
+        (["serve"], "port: 70000\n", "port must be 1..65535"),
+        (["serve"], "max_waiting: -1\n", "max_waiting must be a number 0 or more"),
+        (["explain", "hi"], "nla: /nonexistent/x\ndtype: int3\n", "int3"),
+    ],
+)
+def test_a_bad_config_value_is_one_line_before_a_model_loads(tmp_path, nla, args, yaml_text, needle):
+    cfg = _yaml(tmp_path, "nla: /nonexistent/nla\n" + yaml_text if not yaml_text.startswith("nla:") else yaml_text)
+    assert_one_line_error(nla(*args, "--config", str(cfg)), needle)
+
+
+def test_explain_from_a_yaml_config_equals_the_options(tmp_path, nla, nla_dir):
+    """The same explain through options, and through a YAML config plus a key=value override: the same rows."""
+    by_options = tmp_path / "a.json"
+    r = nla(
+        "explain",
+        "The cat sat on the mat.",
+        "--nla",
+        str(nla_dir[0]),
+        "--dtype",
+        "float32",
+        "--positions",
+        "2,4",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        str(by_options),
+    )
+    assert r.returncode == 0, r.stderr
+    cfg = _yaml(tmp_path, f"nla: {nla_dir[0]}\ndtype: float32\npositions: [2, 4]\nmax_new_tokens: 9\n")
+    by_config = tmp_path / "b.json"
+    r = nla("explain", "The cat sat on the mat.", "--config", str(cfg), "--json", str(by_config), "max_new_tokens=6")
+    assert r.returncode == 0, r.stderr
+    a, b = (json.loads(p.read_text(encoding="utf-8"))["tokens"] for p in (by_options, by_config))
+    assert [t["position"] for t in a] == [2, 4]
+    assert [(t["position"], t["explanation"]) for t in a] == [(t["position"], t["explanation"]) for t in b]

@@ -480,17 +480,18 @@ def test_openapi_documents_the_429s(client):
 def test_serve_passes_max_waiting_to_the_limits(nla_dir, monkeypatch):
     import uvicorn
 
+    from nlakit.config import ServeConfig
     from nlakit.errors import NlakitError
     from nlakit.serve import serve
 
     # refused before anything loads or listens
     for bad in (-1, 1.5, "4"):
-        with pytest.raises(NlakitError, match=r"--max-waiting must be a whole number 0 or more") as e:
-            serve(nla_dir[0], max_waiting=bad)
+        with pytest.raises(NlakitError, match=r"max_waiting must be a (whole )?number 0 or more") as e:
+            serve(ServeConfig(nla=str(nla_dir[0]), max_waiting=bad))
         assert "\n" not in str(e.value)
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))  # the app serve() builds, not run
-    serve(nla_dir[0], port=free_port(), dtype="float32", max_waiting=0)
+    serve(ServeConfig(nla=str(nla_dir[0]), port=free_port(), dtype="float32", max_waiting=0))
     viewer = apps[0].state.viewer
     assert viewer.queue.capacity == viewer.model_queue.capacity == 1  # 0 waiting: only the running one
     with TestClient(apps[0], base_url="http://127.0.0.1") as c:  # a loopback server checks the Host header

@@ -6,6 +6,7 @@ inputs are checked before any model loads, so a typo costs milliseconds, not a m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from enum import Enum
@@ -17,10 +18,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nlakit.config import EvalConfig, ExtractConfig, SynthConfig, load_config
+from nlakit.config import (
+    DEFAULT_NLA,
+    EvalConfig,
+    ExplainConfig,
+    ExtractConfig,
+    ModelConfig,
+    ServeConfig,
+    SynthConfig,
+    VerbalizeConfig,
+    load_config,
+)
 from nlakit.errors import NlakitError
-
-DEFAULT_NLA = "smollm2-135m-L20"  # the NLA shipped inside the package
 
 app = typer.Typer(
     add_completion=False,
@@ -77,7 +86,9 @@ def _check_device(value: str) -> str:
     return value
 
 
-NlaOpt = Annotated[str, typer.Option("--nla", help="NLA folder (av/ + ar/) or a shipped name.")]
+NlaOpt = Annotated[
+    str | None, typer.Option("--nla", help=f"NLA folder (av/ + ar/) or a shipped name (default {DEFAULT_NLA}).")
+]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.", callback=_check_device)]
 DtypeOpt = Annotated[
     str,
@@ -115,16 +126,6 @@ NewTokensOpt = Annotated[
 ]
 
 
-def _released(av, ar, target, layer=None, injection_scale=None, rawvar=None, data=None, device_map=None) -> dict:
-    """NLA.from_pretrained keywords for the released-NLA options (rawvar from --data is computed here)."""
-    if rawvar is None and data is not None:
-        from nlakit.nla import rawvar_from_data
-
-        rawvar = rawvar_from_data(data)
-    kw = dict(av=av, ar=ar, target=target, layer=layer, injection_scale=injection_scale, rawvar=rawvar)
-    return {k: v for k, v in {**kw, "device_map": device_map}.items() if v is not None}
-
-
 def _layers(spec: str) -> list[int]:
     try:
         return sorted({int(x) for x in spec.split(",") if x.strip()})
@@ -138,17 +139,19 @@ ConfigOpt = Annotated[
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="Config overrides such as lr=1e-4 max_steps=200.")]
 
 
-def _config(cls, ctx: typer.Context, config: Path | None, overrides: list[str] | None, **converted):
+def _config(cls, ctx: typer.Context, config: Path | None = None, overrides: list[str] | None = None, **converted):
     """Every command's config, one way: `cls`'s defaults, then the YAML (--config), then the options typed on this
-    command line (an option left at its default never overrides the YAML), then key=value overrides. `converted`
-    holds typed options whose CLI spelling differs from the field (e.g. --layer 10,15 -> layers)."""
-    typed = {
-        name
-        for name in ctx.params
-        if name not in ("config", "overrides") and ctx.get_parameter_source(name).name == "COMMANDLINE"
+    command line (an option left at its default never overrides the YAML), then key=value overrides. An option
+    sets the config field of its own name; `converted` holds the typed options whose CLI spelling differs from the
+    field (e.g. --layer 10,15 -> layers, --positions 3,4 -> [3, 4])."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    typed = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
+    values = {
+        name: str(ctx.params[name]) if isinstance(ctx.params[name], Path) else ctx.params[name]
+        for name in typed & fields
+        if name not in converted
     }
-    values = {name: ctx.params[name] for name in typed if name not in converted}
-    values.update({name: value for name, value in converted.items() if value is not None})
+    values.update({name: value for name, value in converted.items() if value is not None and name in fields})
     return load_config(cls, config, overrides, values)
 
 
@@ -355,17 +358,15 @@ def _dtype_note(dtype: str, device: str) -> None:
         err_console.print(f"[dim]note: dtype {auto_dtype_note(device)}[/]", soft_wrap=True)
 
 
-def _load(nla: str | None, device: str, dtype: str, **released):
+def _load(cfg: ModelConfig):
     from nlakit.nla import NLA
 
-    if nla is None and not (released.get("av") or released.get("ar")):
-        nla = DEFAULT_NLA
-    model = NLA.from_pretrained(nla, device=device, dtype=dtype, **released)
-    _dtype_note(dtype, device)  # after the load: a bad path is one error line, not a note and an error
+    model = NLA.from_config(cfg)
+    _dtype_note(cfg.dtype, cfg.device)  # after the load: a bad path is one error line, not a note and an error
     return model
 
 
-def _explain(model, text: str, positions: list[int] | None, max_new_tokens: int | None, temperature: float) -> list:
+def _explain(model, text: str, cfg: ExplainConfig) -> list:
     """`NLA.explain` with a progress bar, after a notice on stderr if the text is longer than the NLA reads."""
     from nlakit.progress import progress_bar
 
@@ -373,7 +374,7 @@ def _explain(model, text: str, positions: list[int] | None, max_new_tokens: int 
     full = len(model.target_tokenizer()(text, add_special_tokens=True, verbose=False)["input_ids"])
     if full > len(ids):
         err_console.print(f"note: the text has {full} tokens; only the first {len(ids)} are read and explained")
-    chosen = list(range(1 if len(ids) > 1 else 0, len(ids))) if positions is None else positions
+    chosen = list(range(1 if len(ids) > 1 else 0, len(ids))) if cfg.positions is None else cfg.positions
     done = 0
 
     def advance(n: int) -> None:
@@ -382,7 +383,9 @@ def _explain(model, text: str, positions: list[int] | None, max_new_tokens: int 
         done = n
 
     with progress_bar("explaining", total=len(chosen)) as bar:
-        return model.explain(text, chosen, max_new_tokens=max_new_tokens, temperature=temperature, progress=advance)
+        return model.explain(
+            text, chosen, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, progress=advance
+        )
 
 
 def _print_explanations(model, rows) -> None:
@@ -404,10 +407,9 @@ PositionsOpt = Annotated[
 
 @app.command()
 def explain(
+    ctx: typer.Context,
     text: Annotated[str, typer.Argument(help="The text to explain, token by token.")],
-    nla: Annotated[
-        str | None, typer.Option("--nla", help=f"NLA folder or shipped name (default {DEFAULT_NLA}).")
-    ] = None,
+    nla: NlaOpt = None,
     positions: PositionsOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
     max_new_tokens: NewTokensOpt = None,
@@ -422,16 +424,19 @@ def explain(
     rawvar: RawvarOpt = None,
     data: DataOpt = None,
     device_map: DeviceMapOpt = None,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
-    """Per-token explanations of TEXT with reconstruction fidelity (cos, fve_nrm)."""
+    """Per-token explanations of TEXT with reconstruction fidelity (cos, fve_nrm). Options, a YAML --config
+    (ExplainConfig) and key=value overrides after TEXT all set the same fields."""
     import json
 
     from nlakit.io import atomic_write_text
 
     _require_text(text, "text")
-    chosen = _positions(positions)
-    model = _load(nla, device, dtype, **_released(av, ar, target, layer, injection_scale, rawvar, data, device_map))
-    rows = _explain(model, text, chosen, max_new_tokens, temperature)
+    cfg = _config(ExplainConfig, ctx, config, overrides, positions=_positions(positions))
+    model = _load(cfg)
+    rows = _explain(model, text, cfg)
     _print_explanations(model, rows)
     if json_out:
         payload = {"text": text, "target": model.target, "layer": model.layer, "tokens": [r.to_dict() for r in rows]}
@@ -441,41 +446,65 @@ def explain(
 
 @app.command()
 def verbalize(
+    ctx: typer.Context,
     dataset: Annotated[Path, typer.Argument(help="Activations dataset folder (or a reference parquet).", exists=True)],
-    nla: NlaOpt = DEFAULT_NLA,
-    n: Annotated[int, typer.Option(min=1, help="How many rows, from the start.")] = 3,
-    max_new_tokens: MaxNewTokensOpt = 120,
+    nla: NlaOpt = None,
+    n: Annotated[int, typer.Option(min=1, help="How many rows, from the start.")] = VerbalizeConfig.n,
+    max_new_tokens: NewTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
+    av: AvOpt = None,
+    target: TargetOpt = None,
+    layer: LayerOpt = None,
+    injection_scale: InjectionScaleOpt = None,
+    device_map: DeviceMapOpt = None,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
-    """Explanations for activation vectors read from a dataset."""
+    """Explanations for activation vectors read from a dataset (VerbalizeConfig: options, --config, key=value)."""
     from nlakit import dataset as ds
 
-    table = ds.read_table(dataset).slice(0, n)  # read (and checked) before the models load
+    cfg = _config(VerbalizeConfig, ctx, config, overrides)
+    table = ds.read_table(dataset).slice(0, cfg.n)  # read (and checked) before the models load
     vectors = ds.vectors_of(table)
-    texts = _load(nla, device, dtype).verbalize(vectors, temperature=temperature, max_new_tokens=max_new_tokens)
+    texts = _load(cfg).verbalize(vectors, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     contexts = table.column("context").to_pylist() if "context" in table.column_names else [""] * len(texts)
-    for ctx, vec, text in zip(contexts, vectors, texts, strict=True):
-        console.print(f"[bold]context[/] …{ctx[-80:]!r}  ‖v‖={float((vec**2).sum() ** 0.5):.1f}\n{text}\n")
+    for ctx_text, vec, text in zip(contexts, vectors, texts, strict=True):
+        console.print(f"[bold]context[/] …{ctx_text[-80:]!r}  ‖v‖={float((vec**2).sum() ** 0.5):.1f}\n{text}\n")
 
 
 @app.command()
 def reconstruct(
+    ctx: typer.Context,
     text: Annotated[str, typer.Argument(help="An explanation to reconstruct.")],
-    nla: NlaOpt = DEFAULT_NLA,
+    nla: NlaOpt = None,
     out: Annotated[Path | None, typer.Option(help="Save the vector as .npy.")] = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
+    ar: ArOpt = None,
+    target: TargetOpt = None,
+    layer: LayerOpt = None,
+    device_map: DeviceMapOpt = None,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
-    """The AR's reconstruction of one explanation (prints its norm and first values; --out saves it)."""
+    """The AR's reconstruction of one explanation (prints its norm and first values; --out saves it). ModelConfig:
+    options, --config and key=value overrides after TEXT."""
     import numpy as np
 
     _require_text(text, "explanation")
-    vec = _load(nla, device, dtype).reconstruct(text)[0].float().numpy()
+    cfg = _config(ModelConfig, ctx, config, overrides)
+    vec = _load(cfg).reconstruct(text)[0].float().numpy()
     console.print(f"d={vec.shape[0]} norm={np.linalg.norm(vec):.2f} first values: {np.round(vec[:6], 3).tolist()}")
     if out:
-        np.save(out, vec)
+        from nlakit.io import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would add .npy to a temporary name
+                np.save(f, vec)
+
+        atomic_write(out, write)
         console.print(f"wrote {out}")
 
 
@@ -483,11 +512,9 @@ def reconstruct(
 def eval_cmd(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option(help="Folder for report.json, report.md and the PNG plots.")] = None,
-    nla: Annotated[
-        str | None, typer.Option("--nla", help=f"NLA folder or shipped name (default {DEFAULT_NLA}).")
-    ] = None,
-    av: Annotated[str | None, typer.Option(help="AV folder (e.g. a reference checkpoint); overrides --nla's.")] = None,
-    ar: Annotated[str | None, typer.Option(help="AR folder (e.g. a reference checkpoint); overrides --nla's.")] = None,
+    nla: NlaOpt = None,
+    av: AvOpt = None,
+    ar: ArOpt = None,
     texts: Annotated[
         Path | None, typer.Option(help=".txt (blank-line separated) or .jsonl with a text field.", exists=True)
     ] = None,
@@ -524,25 +551,10 @@ def eval_cmd(
 ) -> None:
     """Fidelity, baselines, steganography probes and causal checks for an NLA on held-out text. Options, a YAML
     --config (EvalConfig) and key=value overrides (e.g. min_position=8) all set the same fields."""
-    from dataclasses import replace
-
     from nlakit.eval import run_eval
 
     typed = ctx.get_parameter_source("steer_alphas").name == "COMMANDLINE"
-    released = _released(None, None, target, layer, injection_scale, rawvar, data, device_map)
-    paths = {k: str(ctx.params[k]) if ctx.params[k] else None for k in ("out", "texts", "docs_from", "train_data")}
-    cfg = _config(
-        EvalConfig,
-        ctx,
-        config,
-        overrides,
-        **paths,
-        steer_alphas=_alphas(steer_alphas) if typed else None,
-        load=released or None,
-        **dict.fromkeys(("target", "layer", "injection_scale", "rawvar", "data", "device_map")),
-    )
-    if cfg.nla is None and not (cfg.av or cfg.ar):
-        cfg = replace(cfg, nla=DEFAULT_NLA)
+    cfg = _config(EvalConfig, ctx, config, overrides, steer_alphas=_alphas(steer_alphas) if typed else None)
     r = run_eval(cfg)
     _dtype_note(cfg.dtype, cfg.device)
     console.print(
@@ -554,14 +566,15 @@ def eval_cmd(
 
 @app.command()
 def serve(
-    nla: NlaOpt = DEFAULT_NLA,
-    host: Annotated[str, typer.Option(help="Address to bind; the default keeps the viewer on this machine.")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    ctx: typer.Context,
+    nla: NlaOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; the default keeps the viewer on this machine.")
+    ] = ServeConfig.host,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = ServeConfig.port,
     max_waiting: Annotated[
         int, typer.Option(min=0, help="Requests that may wait behind the running one (per queue); the next gets a 429.")
-    ] = 4,
+    ] = ServeConfig.max_waiting,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
     av: AvOpt = None,
@@ -572,23 +585,20 @@ def serve(
     rawvar: RawvarOpt = None,
     data: DataOpt = None,
     device_map: DeviceMapOpt = None,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
-    """Local web viewer: per-token explanations coloured by fidelity, next-token predictions, steering by edits."""
+    """Local web viewer: per-token explanations coloured by fidelity, next-token predictions, steering by edits
+    (ServeConfig: options, --config, key=value)."""
     from nlakit.serve import allowed_hosts_for
     from nlakit.serve import serve as run
 
-    if allowed_hosts_for(host) is None:
-        err_console.print(f"[yellow]warning:[/] binding {host} lets other machines use this model; there is no login")
-    load = _released(av, ar, target, layer, injection_scale, rawvar, data, device_map)
-    run(
-        None if (av or ar) and nla == DEFAULT_NLA else nla,
-        host=host,
-        port=port,
-        dtype=dtype,
-        device=device,
-        load=load,
-        max_waiting=max_waiting,
-    )
+    cfg = _config(ServeConfig, ctx, config, overrides)
+    if allowed_hosts_for(cfg.host) is None:
+        err_console.print(
+            f"[yellow]warning:[/] binding {cfg.host} lets other machines use this model; there is no login"
+        )
+    run(cfg)
 
 
 class StorageDtype(str, Enum):
@@ -621,20 +631,23 @@ DEMO_PROMPT = "The Eiffel Tower is a wrought-iron lattice tower in Paris, France
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     text: Annotated[str, typer.Argument(help="The prompt to explain.")] = DEMO_PROMPT,
-    nla: NlaOpt = DEFAULT_NLA,
+    nla: NlaOpt = None,
     positions: PositionsOpt = None,
-    max_new_tokens: MaxNewTokensOpt = 120,
+    max_new_tokens: NewTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
+    config: ConfigOpt = None,
 ) -> None:
-    """The main job on the embedded default: per-token explanations of a sample prompt by the shipped NLA."""
+    """The main job on the embedded default: per-token explanations of a sample prompt by the shipped NLA (the
+    same ExplainConfig as explain)."""
     _require_text(text, "text")
-    chosen = _positions(positions)
-    model = _load(nla, device, dtype)
+    cfg = _config(ExplainConfig, ctx, config, positions=_positions(positions))
+    model = _load(cfg)
     console.print(f"[bold]nlakit demo[/]: {model.target}, layer {model.layer}")
-    _print_explanations(model, _explain(model, text, chosen, max_new_tokens, temperature))
+    _print_explanations(model, _explain(model, text, cfg))
 
 
 def _one_line(message: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
@@ -20,6 +20,7 @@ from nlakit.errors import NlakitError
 T = TypeVar("T")
 
 DEFAULT_MIN_POSITION = 16  # earliest token position sampled: the first tokens' activations are atypical (sink)
+DEFAULT_NLA = "smollm2-135m-L20"  # the NLA shipped inside the package: what every command loads by default
 
 
 @dataclass
@@ -147,14 +148,83 @@ class RLConfig:
     ar_updates: int = 1  # AR optimizer steps per batch of fresh explanations: lets the AR keep up with the AV
 
 
-@dataclass
-class EvalConfig:
+def _at_least(cfg: Any, **bounds: float) -> None:
+    """A one-line error for a field below its bound; YAML and key=value bypass the CLI's own range checks."""
+    for name, low in bounds.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < low:
+            raise NlakitError(f"{name} must be a number {low:g} or more (got {value!r})")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Which NLA to load, and how: shared by every command that loads one (explain, demo, verbalize, reconstruct,
+    serve, eval), so `--nla`, `--device`, `--dtype` and the released-NLA options mean the same everywhere."""
+
+    nla: str | None = None  # an NLA folder or shipped name; None: DEFAULT_NLA, unless av/ar are given
+    av: str | None = None  # a separate AV folder (the reference's releases); overrides nla's
+    ar: str | None = None  # a separate AR folder; overrides nla's
+    target: str | None = None  # local folder of the target model (released sidecars name a Hub id)
+    layer: int | None = None  # K, for an AV sidecar that records none
+    injection_scale: float | None = None  # overrides the AV sidecar's
+    rawvar: float | None = None  # the FVE denominator when the AR sidecar records none
+    data: str | None = None  # an activations dataset to compute rawvar from (when rawvar is not given)
+    device_map: str | None = None  # accelerate placement for models too big for one device
+    device: str = "cpu"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        _at_least(self, layer=0, injection_scale=0, rawvar=0)
+
+
+@dataclass(kw_only=True)
+class ExplainConfig(ModelConfig):
+    """`nla explain` and `nla demo`: per-token explanations of one text."""
+
+    positions: list[int] | None = None  # None: every token but 0 (the attention sink)
+    max_new_tokens: int | None = None  # None: the AV's training cap
+    temperature: float = 0.0  # 0 = greedy (deterministic)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, max_new_tokens=1, temperature=0)
+
+
+@dataclass(kw_only=True)
+class VerbalizeConfig(ModelConfig):
+    """`nla verbalize`: explanations of the first `n` vectors of a dataset."""
+
+    n: int = 3
+    max_new_tokens: int | None = None  # None: the AV's training cap
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, n=1, max_new_tokens=1, temperature=0)
+
+
+@dataclass(kw_only=True)
+class ServeConfig(ModelConfig):
+    """`nla serve`: the local web viewer."""
+
+    host: str = "127.0.0.1"  # the default keeps the viewer on this machine
+    port: int = 8000
+    max_waiting: int = 4  # requests that may wait behind the running one, per queue; the next gets a 429
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, port=1, max_waiting=0)
+        if self.port > 65535:
+            raise NlakitError(f"port must be 1..65535 (got {self.port})")
+
+
+@dataclass(kw_only=True)
+class EvalConfig(ModelConfig):
     """`nla eval`: fidelity, baselines, probes and causal checks on held-out text."""
 
     out: str
-    nla: str | None = None
-    av: str | None = None
-    ar: str | None = None
     texts: str | None = None  # .txt (documents separated by blank lines) or .jsonl (a `text` field)
     corpus: str | None = None
     docs_from: str | None = None  # a dataset folder (e.g. the recipe's split/test): evaluate exactly its documents
@@ -168,10 +238,12 @@ class EvalConfig:
     max_new_tokens: int = 120
     batch_size: int = 32
     steer_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # fractions of |h| (the paper's rule)
-    device: str = "cpu"
-    dtype: str = "auto"
-    load: dict = field(default_factory=dict)  # more NLA.from_pretrained keywords: target, rawvar, layer, device_map
     steer_cases: list[tuple] | None = None  # (prompt, wanted word, edit anchor); None: eval's eight + the rhyme
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, max_positions=1, positions_per_doc=1, min_position=1, max_tokens=2, max_new_tokens=1)
+        _at_least(self, batch_size=1)
 
 
 def _base(typ: Any) -> tuple[Any, bool]:
@@ -211,9 +283,14 @@ def _check(key: str, value: Any, typ: Any) -> Any:
     if base is Path and isinstance(value, str):
         return Path(value)
     if base in (int, float) and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-        return _coerce(value, base)
-    if typing.get_origin(base) is tuple and isinstance(value, list):
-        return tuple(value)
+        try:
+            return _coerce(value, base)
+        except NlakitError as e:
+            raise NlakitError(f"config key {key!r}: {e}") from None
+    origin = typing.get_origin(base)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):  # each item of its own type
+        items = [_check(f"{key}[{i}]", v, typing.get_args(base)[0]) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -244,6 +244,11 @@ def nearest_training_vector(vectors: torch.Tensor, train: torch.Tensor) -> torch
 RETRIEVAL_DIM = 1 << 16
 
 
+def _coo(indices, values: torch.Tensor, shape) -> torch.Tensor:
+    # invariants checked explicitly (cheap at this size): torch warns when the choice is left implicit
+    return torch.sparse_coo_tensor(indices, values, shape, check_invariants=True).coalesce()
+
+
 def _bag_of_words(texts: list[str], idf: torch.Tensor | None = None) -> torch.Tensor:
     """Sparse [n, RETRIEVAL_DIM] hashed counts of lower-cased words, log-scaled (times idf when given), unit rows.
     The last eight words count double: the prediction at a position depends most on the words just before it."""
@@ -260,11 +265,11 @@ def _bag_of_words(texts: list[str], idf: torch.Tensor | None = None) -> torch.Te
             rows.append(i)
             cols.append(h)
             vals.append(math.log1p(c))
-    x = torch.sparse_coo_tensor([rows, cols], torch.tensor(vals), (len(texts), RETRIEVAL_DIM)).coalesce()
+    x = _coo([rows, cols], torch.tensor(vals), (len(texts), RETRIEVAL_DIM))
     if idf is not None:
-        x = torch.sparse_coo_tensor(x.indices(), x.values() * idf[x.indices()[1]], x.shape).coalesce()
+        x = _coo(x.indices(), x.values() * idf[x.indices()[1]], x.shape)
     norms = torch.zeros(len(texts)).index_add_(0, x.indices()[0], x.values() ** 2).sqrt().clamp_min(1e-8)
-    return torch.sparse_coo_tensor(x.indices(), x.values() / norms[x.indices()[0]], x.shape).coalesce()
+    return _coo(x.indices(), x.values() / norms[x.indices()[0]], x.shape)
 
 
 def nearest_context(contexts: list[str], train_data: str) -> torch.Tensor:
@@ -278,7 +283,7 @@ def nearest_context(contexts: list[str], train_data: str) -> torch.Tensor:
     raw = _bag_of_words(train_ctx)
     df = torch.zeros(RETRIEVAL_DIM).index_add_(0, raw.indices()[1], torch.ones(raw.indices().shape[1]))
     idf = torch.log((len(train_ctx) + 1) / (df + 1)) + 1
-    train_x = _bag_of_words(train_ctx, idf).to_sparse_csr()
+    train_x = _bag_of_words(train_ctx, idf)
     q = _bag_of_words(contexts, idf).to_dense()
     best = torch.cat([(train_x @ q[i : i + 64].T).argmax(0) for i in range(0, len(q), 64)])
     return train_vec[best]
@@ -287,7 +292,7 @@ def nearest_context(contexts: list[str], train_data: str) -> torch.Tensor:
 def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     """Evaluate, write `out/report.json`, `out/report.md` and PNG plots; return the report."""
     docs = eval_documents(cfg)  # bad inputs fail before a model loads
-    nla = nla or NLA.from_pretrained(cfg.nla, av=cfg.av, ar=cfg.ar, device=cfg.device, dtype=cfg.dtype, **cfg.load)
+    nla = nla or NLA.from_config(cfg)
     if nla.av is None or nla.ar is None:
         raise NlakitError("eval needs both an AV and an AR")
     out = Path(cfg.out)

@@ -19,10 +19,12 @@ import torch
 
 from nlakit.ar import AR
 from nlakit.av import AV
+from nlakit.config import DEFAULT_NLA, ModelConfig
 from nlakit.errors import NlakitError
 from nlakit.extract import LayerCapture
 from nlakit.maths import cosine, fve_nrm, mse_nrm
 from nlakit.meta import META_NAME, read_yaml, write_yaml
+from nlakit.models import resolve_dtype
 
 PACKAGED = Path(__file__).parent / "assets" / "nla"
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -129,6 +131,26 @@ class NLA:
             nla.target = str(target)
         nla.dtype, nla.device_map, nla.rawvar_override = dtype, device_map, rawvar
         return nla
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> NLA:
+        """The NLA a command's config names (`nlakit.config.ModelConfig`): the shipped default when it names none,
+        rawvar computed from `cfg.data` when it is not given."""
+        if str(cfg.dtype).lower() != "auto":  # a bad dtype in a YAML is named before any path is looked at
+            resolve_dtype(cfg.dtype, cfg.device)
+        rawvar = cfg.rawvar if cfg.rawvar is not None or cfg.data is None else rawvar_from_data(cfg.data)
+        return cls.from_pretrained(
+            cfg.nla if cfg.nla or cfg.av or cfg.ar else DEFAULT_NLA,
+            av=cfg.av,
+            ar=cfg.ar,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            target=cfg.target,
+            layer=cfg.layer,
+            injection_scale=cfg.injection_scale,
+            rawvar=rawvar,
+            device_map=cfg.device_map,
+        )
 
     @property
     def rawvar(self) -> float | None:

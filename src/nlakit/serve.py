@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from nlakit.config import DEFAULT_NLA, ServeConfig
 from nlakit.errors import NlakitError
 
 if TYPE_CHECKING:  # torch loads only when a server starts: `nla serve` checks its port before that
@@ -662,34 +663,25 @@ def allowed_hosts_for(host: str) -> list[str] | None:
     return [*LOOPBACK, "[::1]"] if host in LOOPBACK or host.startswith("127.") else None
 
 
-def serve(
-    nla: str | Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    device: str = "cpu",
-    dtype: str = "auto",
-    log_level: str = "info",
-    load: dict | None = None,
-    max_waiting: int = Limits.max_waiting,
-) -> None:
-    """Load an NLA (a folder or a shipped name; `load` adds NLA.from_pretrained keywords such as av, ar, target) and
-    serve the viewer until interrupted. `max_waiting` requests may wait behind the running one in each queue (explain;
-    the other model requests) before the next gets a 429; 0 refuses any request while one runs."""
+def serve(cfg: ServeConfig, log_level: str = "info") -> None:
+    """Load the NLA `cfg` names and serve the viewer until interrupted. `cfg.max_waiting` requests may wait behind
+    the running one in each queue (explain; the other model requests) before the next gets a 429; 0 refuses any
+    request while one runs."""
+    host, port, max_waiting = cfg.host, cfg.port, cfg.max_waiting
     if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0:
-        raise NlakitError(f"--max-waiting must be a whole number 0 or more (got {max_waiting!r})")
+        raise NlakitError(f"max_waiting must be a whole number 0 or more (got {max_waiting!r})")
     _check_port(host, port)
     import uvicorn
 
     from nlakit.nla import NLA
 
-    model = NLA.from_pretrained(nla, device=device, dtype=dtype, **(load or {}))
+    model = NLA.from_config(cfg)
     # load the target once up front, so the first click does not wait for it
     model.target_tokenizer()
     model.target_backbone()
     model.target_lm()
-    limits = Limits(max_waiting=max_waiting)
-    app = create_app(model, name=str(nla), limits=limits, allowed_hosts=allowed_hosts_for(host))
+    name = str(cfg.nla or cfg.av or DEFAULT_NLA)
+    app = create_app(model, name=name, limits=Limits(max_waiting=max_waiting), allowed_hosts=allowed_hosts_for(host))
     shown = f"[{host}]" if ":" in host else host
-    print(f"nla serve: {nla} ({model.target}, layer {model.layer}) on http://{shown}:{port}/", flush=True)
+    print(f"nla serve: {name} ({model.target}, layer {model.layer}) on http://{shown}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nlakit.config import DEFAULT_NLA
 from nlakit.errors import NlakitError
 from nlakit.explainers.base import Explainer
 
@@ -20,7 +21,7 @@ class AVExplainer(Explainer):
 
     def __init__(
         self,
-        model: str = "smollm2-135m-L20",
+        model: str = DEFAULT_NLA,
         *,
         max_new_tokens: int | None = None,
         device: str = "cpu",
