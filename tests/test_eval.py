@@ -97,6 +97,7 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
             ("I like to eat", "bread"),
             ("I saw a cat,\nIt sat on a", "mat", "cat,\n"),
         ],
+        steer_dev_cases=[("The dog ran to the", "park"), ("She drank a glass of", "milk")],
         steer_alphas=(0.5, 1.0),
         train_data=str(tiny_pairs["train"]),
         compare_ar=str(nla_dir[0]),  # the same AR again: it must read the same explanations the same way
@@ -125,7 +126,10 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     sweep = r["steering"]["sweep"]
     assert set(sweep) == {"replace@0.5", "replace@1", "append@0.5", "append@1"}
     assert all(len(v["cases"]) == 3 and 0 <= v["wins"] <= 3 for v in sweep.values())
-    assert r["steering"]["best"] in sweep
+    assert r["steering"]["best"] in sweep and set(r["steering"]["dev"]) == set(sweep)
+    dev = r["steering"]["dev"]  # the setting is the development cases' best, whatever the test cases say
+    assert r["steering"]["best"] == max(dev, key=lambda k: (dev[k]["wins"], dev[k]["shift_mean"]))
+    assert all(v["n"] == 2 for v in dev.values())
     assert sum(v["n"] for v in r["breakdown"]["position"].values()) == 24
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "fve_nrm" in md and "Steganography" in md and "Round-trip" in md

@@ -239,6 +239,7 @@ class EvalConfig(ModelConfig):
     batch_size: int = 32
     steer_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # fractions of |h| (the paper's rule)
     steer_cases: list[tuple] | None = None  # (prompt, wanted word, edit anchor); None: eval's eight + the rhyme
+    steer_dev_cases: list[tuple] | None = None  # where the edit form and alpha are chosen; None: eval's eight
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -52,6 +52,18 @@ STEER_CASES = (
     ("The most popular sport in the world is", "football"),
     ("On the table there was a bowl of", "soup"),
 )
+# Development cases: the edit form and alpha are chosen on these, then the test cases above are scored at that one
+# setting, so the reported win count is not picked on the cases it counts.
+STEER_DEV_CASES = (
+    ("In the garden she planted a row of", "roses"),
+    ("The train was late, so we took a", "taxi"),
+    ("The children built a castle out of", "sand"),
+    ("For breakfast he always eats", "eggs"),
+    ("The ship sailed across the", "ocean"),
+    ("My brother plays the", "drums"),
+    ("The old house was painted", "blue"),
+    ("We watched the sun rise over the", "mountains"),
+)
 # The paper's planning case: the rhyme word of the second line is planned at the end of the first. The edit at the
 # line break asks for "mouse" instead of "rabbit"; a win moves the rhyme's first token (measured at the last token).
 RHYME_CASE = ("He saw a carrot and had to grab it,\nHis hunger was like a starving", "mouse", "grab it,\n")
@@ -345,7 +357,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
         "fve_nrm_train_rawvar": 1 - main["mse_nrm"] / nla.rawvar if nla.rawvar else None,
         "target": nla.target,
         "layer": nla.layer,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "steer_cases"},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("steer_cases", "steer_dev_cases")},
     }
 
     # baselines
@@ -466,14 +478,11 @@ def round_trip(nla: NLA, samples, vectors, logp_orig, reconstructions, gen: torc
 
 
 @torch.no_grad()
-def steering_suite(nla: NLA, cfg: EvalConfig, n_random: int = 8) -> dict:
-    """Text-edit steering at the prompt's last token (or the case's position), for each alpha and edit form:
-    the log-prob shift of the concept's first token against `n_random` random directions of the same norm.
-    A case is a win when its shift beats the best random direction; wins get a Wilson 95% interval."""
-    model, tok = nla.target_lm(), nla.target_tokenizer()
-    gen = torch.Generator().manual_seed(cfg.seed)
+def _steer_prepare(nla: NLA, cases, cfg: EvalConfig, gen: torch.Generator, n_random: int) -> list[tuple]:
+    """Each case's activation, original explanation, both edits and their reconstructions, random directions."""
+    tok = nla.target_tokenizer()
     prepared = []
-    for case in cfg.steer_cases or [*STEER_CASES, RHYME_CASE]:
+    for case in cases:
         prompt, word = case[0], case[1]
         ids, acts = nla.activations(prompt)
         # a third field names the text the edit is made at (its last token); the effect is read at the end
@@ -485,49 +494,69 @@ def steering_suite(nla: NLA, cfg: EvalConfig, n_random: int = 8) -> dict:
         rand = torch.randn(n_random, h.shape[-1], generator=gen)
         target = tok.encode(" " + word, add_special_tokens=False)[0]
         prepared.append((prompt, word, ids, pos, h, original, edits, rec, rand, target))
-    sweep: dict[str, dict] = {}
-    for form_i, form in enumerate(EDIT_FORMS):
-        for alpha in cfg.steer_alphas:
-            cases = []
-            for prompt, word, ids, pos, h, original, edits, rec, rand, target in prepared:
-                delta = steering_vector(h, rec[:1], rec[1 + form_i : 2 + form_i], alpha)
-                ctrl = rand / rand.norm(dim=-1, keepdim=True) * delta.norm()
-                adds = torch.cat([torch.zeros_like(delta), delta, ctrl])
-                logp = next_token_logprobs(
-                    model, ids, [pos] * len(adds), nla.layer, adds, mode="add", read=[len(ids) - 1] * len(adds)
-                )
-                base, steered, rnd = float(logp[0, target]), float(logp[1, target]), logp[2:, target]
-                cases.append(
-                    {
-                        "prompt": prompt,
-                        "concept": word,
-                        "original": original,
-                        "edited": edits[form],
-                        "shift": steered - base,
-                        "shift_random_mean": float(rnd.mean()) - base,
-                        "shift_random_max": float(rnd.max()) - base,
-                        "win": steered > float(rnd.max()),
-                        "top_token_steered": tok.decode([int(logp[1].argmax())]),
-                    }
-                )
-            wins = sum(c["win"] for c in cases)
-            lo, hi = wilson_interval(wins, len(cases))
-            sweep[f"{form}@{alpha:g}"] = {
-                "form": form,
-                "alpha": alpha,
-                "wins": wins,
-                "n": len(cases),
-                "win_rate_ci95": [lo, hi],
-                "shift_mean": float(np.mean([c["shift"] for c in cases])),
-                "shift_random_mean": float(np.mean([c["shift_random_mean"] for c in cases])),
-                "cases": cases,
+    return prepared
+
+
+def _steer_setting(nla: NLA, prepared: list[tuple], form: str, alpha: float) -> dict:
+    """One edit form at one alpha over prepared cases: each case's shift against its random directions."""
+    model, tok = nla.target_lm(), nla.target_tokenizer()
+    form_i = EDIT_FORMS.index(form)
+    cases = []
+    for prompt, word, ids, pos, h, original, edits, rec, rand, target in prepared:
+        delta = steering_vector(h, rec[:1], rec[1 + form_i : 2 + form_i], alpha)
+        ctrl = rand / rand.norm(dim=-1, keepdim=True) * delta.norm()
+        adds = torch.cat([torch.zeros_like(delta), delta, ctrl])
+        logp = next_token_logprobs(
+            model, ids, [pos] * len(adds), nla.layer, adds, mode="add", read=[len(ids) - 1] * len(adds)
+        )
+        base, steered, rnd = float(logp[0, target]), float(logp[1, target]), logp[2:, target]
+        cases.append(
+            {
+                "prompt": prompt,
+                "concept": word,
+                "original": original,
+                "edited": edits[form],
+                "shift": steered - base,
+                "shift_random_mean": float(rnd.mean()) - base,
+                "shift_random_max": float(rnd.max()) - base,
+                "win": steered > float(rnd.max()),
+                "top_token_steered": tok.decode([int(logp[1].argmax())]),
             }
-    best = max(sweep, key=lambda k: (sweep[k]["wins"], sweep[k]["shift_mean"]))
+        )
+    wins = sum(c["win"] for c in cases)
+    lo, hi = wilson_interval(wins, len(cases))
+    return {
+        "form": form,
+        "alpha": alpha,
+        "wins": wins,
+        "n": len(cases),
+        "win_rate_ci95": [lo, hi],
+        "shift_mean": float(np.mean([c["shift"] for c in cases])),
+        "shift_random_mean": float(np.mean([c["shift_random_mean"] for c in cases])),
+        "cases": cases,
+    }
+
+
+def steering_suite(nla: NLA, cfg: EvalConfig, n_random: int = 8) -> dict:
+    """Text-edit steering at the prompt's last token (or the case's position), for each alpha and edit form:
+    the log-prob shift of the concept's first token against `n_random` random directions of the same norm.
+    A case is a win when its shift beats the best random direction; wins get a Wilson 95% interval.
+    The setting (form, alpha) is chosen on the development cases; the test cases (and the rhyme case) are then
+    read at it. The whole sweep on the test cases is reported too, for the shape of the curve."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    settings = [(form, alpha) for form in EDIT_FORMS for alpha in cfg.steer_alphas]
+    dev_cases = _steer_prepare(nla, cfg.steer_dev_cases or STEER_DEV_CASES, cfg, gen, n_random)
+    dev = {f"{f}@{a:g}": _steer_setting(nla, dev_cases, f, a) for f, a in settings}
+    chosen = max(dev, key=lambda k: (dev[k]["wins"], dev[k]["shift_mean"]))
+    test_cases = _steer_prepare(nla, cfg.steer_cases or [*STEER_CASES, RHYME_CASE], cfg, gen, n_random)
+    sweep = {f"{f}@{a:g}": _steer_setting(nla, test_cases, f, a) for f, a in settings}
     return {
         "rule": "h + alpha * |h| * delta / |delta|, delta = AR(edited) - AR(original)",
         "random_directions": n_random,
-        "best": best,
-        "note": "the best setting is chosen on these same cases; read its win count as optimistic",
+        "best": chosen,
+        "dev": {k: {key: v[key] for key in ("form", "alpha", "wins", "n", "shift_mean")} for k, v in dev.items()},
+        "note": f"chosen on {len(dev_cases)} development cases (wins there: {dev[chosen]['wins']}/{len(dev_cases)}), "
+        "then read on the test cases",
         "sweep": sweep,
     }
 
@@ -609,7 +638,7 @@ def render_markdown(r: dict) -> str:
     ]
     lines += [
         "",
-        f"Best: {st['best']} ({st['note']}).",
+        f"Chosen setting: {st['best']} ({st['note']}): {best['wins']}/{best['n']} test cases won.",
         "",
         "| prompt | concept | shift | random mean | random max | top token after the edit |",
         "|---|---|---|---|---|---|",
