@@ -25,6 +25,27 @@ def test_console_script():
     assert_one_line_error(Result(r.returncode, r.stdout, r.stderr), "No such command 'foo'", "nla -h")
 
 
+def test_model_commands_print_no_known_library_warnings(nla_dir):
+    """A real model command (the AR is a LoRA adapter: peft reads the deprecated property there) writes only its
+    result, and stderr no notice: transformers' and peft's known notices are filtered by `nlakit._warnings`."""
+    cmd = [sys.executable, "-m", "nlakit", "reconstruct", "a cat sat", "--nla", str(nla_dir[0]), "--dtype", "float32"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "norm=" in r.stdout, r.stderr[-2000:]
+    assert "Warning" not in r.stderr and "deprecat" not in r.stderr.lower(), r.stderr
+
+
+def test_the_warning_filter_is_precise():
+    """Only the exact known message is hidden: another FutureWarning, even about the same property, still shows."""
+    code = (
+        "import warnings, nlakit\n"
+        "warnings.warn('`is_gradient_checkpointing` is deprecated and will be removed in v6. "
+        "Use `is_activation_checkpointing` instead.', FutureWarning)\n"
+        "warnings.warn('`is_gradient_checkpointing` now means something new', FutureWarning)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "now means something new" in r.stderr and "removed in v6" not in r.stderr
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad")
