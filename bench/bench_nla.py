@@ -147,10 +147,8 @@ def make_base_nla(path: str, layer: int = 20) -> str:
     return path
 
 
-PROMPT_40 = (  # 40 SmolLM2 tokens
-    "The Eiffel Tower was built for the 1889 World's Fair in Paris, and at first many artists "
-    "criticised its design, calling it an ugly iron skeleton that would spoil the city."
-)
+# 40 SmolLM2 tokens; bench/explain_process.sh reads the same file
+PROMPT_40 = (Path(__file__).parent / "prompt_40.txt").read_text(encoding="utf-8").strip()
 
 
 def explain_latency(mode: str, nla_dir: str, new_tokens: int = 80, baseline_positions: int = 6) -> dict:
