@@ -543,12 +543,13 @@ def steering_suite(nla: NLA, cfg: EvalConfig, n_random: int = 8) -> dict:
     A case is a win when its shift beats the best random direction; wins get a Wilson 95% interval.
     The setting (form, alpha) is chosen on the development cases; the test cases (and the rhyme case) are then
     read at it. The whole sweep on the test cases is reported too, for the shape of the curve."""
-    gen = torch.Generator().manual_seed(cfg.seed)
+    # one generator each: the test cases' random directions do not depend on how many development cases there are
+    dev_gen, test_gen = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed)
     settings = [(form, alpha) for form in EDIT_FORMS for alpha in cfg.steer_alphas]
-    dev_cases = _steer_prepare(nla, cfg.steer_dev_cases or STEER_DEV_CASES, cfg, gen, n_random)
+    dev_cases = _steer_prepare(nla, cfg.steer_dev_cases or STEER_DEV_CASES, cfg, dev_gen, n_random)
     dev = {f"{f}@{a:g}": _steer_setting(nla, dev_cases, f, a) for f, a in settings}
     chosen = max(dev, key=lambda k: (dev[k]["wins"], dev[k]["shift_mean"]))
-    test_cases = _steer_prepare(nla, cfg.steer_cases or [*STEER_CASES, RHYME_CASE], cfg, gen, n_random)
+    test_cases = _steer_prepare(nla, cfg.steer_cases or [*STEER_CASES, RHYME_CASE], cfg, test_gen, n_random)
     sweep = {f"{f}@{a:g}": _steer_setting(nla, test_cases, f, a) for f, a in settings}
     return {
         "rule": "h + alpha * |h| * delta / |delta|, delta = AR(edited) - AR(original)",
