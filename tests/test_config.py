@@ -101,6 +101,10 @@ def test_every_model_command_takes_the_shared_options_and_a_config(nla, command)
         (["serve"], "port: 70000\n", "port must be 1..65535"),
         (["serve"], "max_waiting: -1\n", "max_waiting must be a number 0 or more"),
         (["explain", "hi"], "nla: /nonexistent/x\ndtype: int3\n", "int3"),
+        (["explain", "hi"], "device: gpu\n", "'gpu' is not a device"),
+        (["explain", "hi"], "positions: []\n", "positions is empty"),
+        (["eval", "--corpus", "wiki"], "out: r\nsteer_alphas: []\n", "steer_alphas must be one or more"),
+        (["eval", "--corpus", "wiki"], "out: r\nsteer_cases: [a, b]\n", "each case is [prompt, word]"),
     ],
 )
 def test_a_bad_config_value_is_one_line_before_a_model_loads(tmp_path, nla, args, yaml_text, needle):
@@ -133,3 +137,29 @@ def test_explain_from_a_yaml_config_equals_the_options(tmp_path, nla, nla_dir):
     a, b = (json.loads(p.read_text(encoding="utf-8"))["tokens"] for p in (by_options, by_config))
     assert [t["position"] for t in a] == [2, 4]
     assert [(t["position"], t["explanation"]) for t in a] == [(t["position"], t["explanation"]) for t in b]
+
+
+def test_explain_precedence_yaml_typed_option_override(tmp_path, nla, monkeypatch):
+    """The config explain builds (captured where it would load the NLA): an override beats a typed option, a typed
+    option beats the YAML, and an option left at its default does not override the YAML."""
+    from nlakit.nla import NLA
+
+    seen = []
+
+    def capture(cls, cfg):
+        seen.append(cfg)
+        raise NlakitError("captured")
+
+    monkeypatch.setattr(NLA, "from_config", classmethod(capture))
+    cfg = _yaml(tmp_path, "nla: somewhere\ntemperature: 0.5\nmax_new_tokens: 9\ndtype: float32\n")
+    assert_one_line_error(
+        nla("explain", "hi", "--config", str(cfg), "--max-new-tokens", "7", "max_new_tokens=6"), "captured"
+    )
+    assert (seen[-1].max_new_tokens, seen[-1].temperature, seen[-1].nla) == (6, 0.5, "somewhere")
+    assert_one_line_error(
+        nla("explain", "hi", "--config", str(cfg), "--temperature", "0.2", "--positions", "2,3"), "captured"
+    )
+    assert (seen[-1].max_new_tokens, seen[-1].temperature, seen[-1].positions) == (9, 0.2, [2, 3])
+    cfg = _yaml(tmp_path, "nla: somewhere\ndtype: float32\nport: 8001\n")  # serve's own fields only
+    assert_one_line_error(nla("serve", "--config", str(cfg), "--port", "8123", "max_waiting=0"), "captured")
+    assert (seen[-1].port, seen[-1].max_waiting, seen[-1].host, seen[-1].dtype) == (8123, 0, "127.0.0.1", "float32")

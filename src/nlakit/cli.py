@@ -75,14 +75,12 @@ def _check_dtype(value: str) -> str:
 def _check_device(value: str) -> str:
     if value == "cpu":
         return value
-    import torch
+    from nlakit.models import check_device
 
     try:
-        device = torch.device(value)
-    except RuntimeError:
-        raise typer.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine; use --device cpu")
+        check_device(value)
+    except NlakitError as e:
+        raise typer.BadParameter(str(e)) from None
     return value
 
 

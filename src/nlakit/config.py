@@ -7,6 +7,7 @@ Each stage's module reads its config from here; the CLI maps flags onto these fi
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -190,6 +191,8 @@ class ExplainConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least(self, max_new_tokens=1, temperature=0)
+        if self.positions is not None and not self.positions:
+            raise NlakitError("positions is empty; give token positions such as [3, 4, 5] or leave it out")
 
 
 @dataclass(kw_only=True)
@@ -245,6 +248,20 @@ class EvalConfig(ModelConfig):
         super().__post_init__()
         _at_least(self, max_positions=1, positions_per_doc=1, min_position=1, max_tokens=2, max_new_tokens=1)
         _at_least(self, batch_size=1)
+        if not self.steer_alphas or not all(
+            isinstance(a, (int, float)) and math.isfinite(a) for a in self.steer_alphas
+        ):
+            raise NlakitError(
+                f"steer_alphas must be one or more finite numbers, e.g. 0.25,0.5,1 (got {self.steer_alphas!r})"
+            )
+        for name in ("steer_cases", "steer_dev_cases"):
+            for case in getattr(self, name) or []:
+                if (
+                    not isinstance(case, (list, tuple))
+                    or len(case) not in (2, 3)
+                    or not all(isinstance(x, str) for x in case)
+                ):
+                    raise NlakitError(f"{name}: each case is [prompt, word] or [prompt, word, anchor] (got {case!r})")
 
 
 def _base(typ: Any) -> tuple[Any, bool]:

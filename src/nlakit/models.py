@@ -166,6 +166,17 @@ def auto_dtype_note(device: str | torch.device = "cpu") -> str:
     )
 
 
+def check_device(name: str | torch.device) -> torch.device:
+    """A device this machine has, or one clear error (the CLI's --device and a config's `device` alike)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise NlakitError(f"{name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NlakitError("CUDA is not available on this machine; use device cpu")
+    return device
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
     """`auto`: bf16 on CUDA; on a CPU whichever of bf16/fp32 the cached GEMM probe measured faster."""
     if isinstance(dtype, torch.dtype):

@@ -24,7 +24,7 @@ from nlakit.errors import NlakitError
 from nlakit.extract import LayerCapture
 from nlakit.maths import cosine, fve_nrm, mse_nrm
 from nlakit.meta import META_NAME, read_yaml, write_yaml
-from nlakit.models import resolve_dtype
+from nlakit.models import check_device, resolve_dtype
 
 PACKAGED = Path(__file__).parent / "assets" / "nla"
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -136,7 +136,8 @@ class NLA:
     def from_config(cls, cfg: ModelConfig) -> NLA:
         """The NLA a command's config names (`nlakit.config.ModelConfig`): the shipped default when it names none,
         rawvar computed from `cfg.data` when it is not given."""
-        if str(cfg.dtype).lower() != "auto":  # a bad dtype in a YAML is named before any path is looked at
+        check_device(cfg.device)  # a bad device or dtype in a YAML is named before any path is looked at
+        if str(cfg.dtype).lower() != "auto":
             resolve_dtype(cfg.dtype, cfg.device)
         rawvar = cfg.rawvar if cfg.rawvar is not None or cfg.data is None else rawvar_from_data(cfg.data)
         return cls.from_pretrained(

@@ -680,7 +680,7 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
     model.target_tokenizer()
     model.target_backbone()
     model.target_lm()
-    name = str(cfg.nla or cfg.av or DEFAULT_NLA)
+    name = str(cfg.nla or cfg.av or cfg.ar or DEFAULT_NLA)
     app = create_app(model, name=name, limits=Limits(max_waiting=max_waiting), allowed_hosts=allowed_hosts_for(host))
     shown = f"[{host}]" if ":" in host else host
     print(f"nla serve: {name} ({model.target}, layer {model.layer}) on http://{shown}:{port}/", flush=True)
