@@ -219,6 +219,8 @@ class ServeConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least(self, port=1, max_waiting=0)
+        if isinstance(self.max_waiting, float):  # a queue holds whole requests
+            raise NlakitError(f"max_waiting must be a whole number 0 or more (got {self.max_waiting!r})")
         if self.port > 65535:
             raise NlakitError(f"port must be 1..65535 (got {self.port})")
 

@@ -90,7 +90,7 @@ class _Ticket:
     started: float | None = None  # when it reached the head of the queue
 
 
-class ExplainQueue:
+class RequestQueue:
     """Requests in arrival order: the head runs, up to `waiting` more wait, and the rest are refused. The viewer has
     two: one for explain streams, one for the other model requests (`what` names them in the 429's message).
 
@@ -334,10 +334,10 @@ def create_app(
     TextIn, ExplainIn, TopkIn = models["TextIn"], models["ExplainIn"], models["TopkIn"]
     SteerIn, ContinueIn, ChatIn = models["SteerIn"], models["ContinueIn"], models["ChatIn"]
     lock = threading.Lock()  # the models: one torch call at a time
-    queue = ExplainQueue(limits.max_waiting)
+    queue = RequestQueue(limits.max_waiting)
     # topk, steer, continue and chat: short calls, each one lock hold; they wait here (not behind whole explanations,
     # whose streams give the lock up between batches)
-    model_queue = ExplainQueue(limits.max_waiting, what="model", seconds=2.0)
+    model_queue = RequestQueue(limits.max_waiting, what="model", seconds=2.0)
     # the server's own tokenizer copy: the models' lock is held for a whole batch, and a Rust fast tokenizer shared
     # across threads can fail ("Already borrowed"); tokenizing (and a 429) never waits for the models this way
     tok_lock = threading.Lock()
@@ -667,9 +667,7 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
     """Load the NLA `cfg` names and serve the viewer until interrupted. `cfg.max_waiting` requests may wait behind
     the running one in each queue (explain; the other model requests) before the next gets a 429; 0 refuses any
     request while one runs."""
-    host, port, max_waiting = cfg.host, cfg.port, cfg.max_waiting
-    if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0:
-        raise NlakitError(f"max_waiting must be a whole number 0 or more (got {max_waiting!r})")
+    host, port = cfg.host, cfg.port  # cfg checked its own values (ServeConfig.__post_init__)
     _check_port(host, port)
     import uvicorn
 
@@ -681,7 +679,9 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
     model.target_backbone()
     model.target_lm()
     name = str(cfg.nla or cfg.av or cfg.ar or DEFAULT_NLA)
-    app = create_app(model, name=name, limits=Limits(max_waiting=max_waiting), allowed_hosts=allowed_hosts_for(host))
+    app = create_app(
+        model, name=name, limits=Limits(max_waiting=cfg.max_waiting), allowed_hosts=allowed_hosts_for(host)
+    )
     shown = f"[{host}]" if ":" in host else host
     print(f"nla serve: {name} ({model.target}, layer {model.layer}) on http://{shown}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
