@@ -107,6 +107,33 @@ def test_sampling_is_seeded(av):
     assert not torch.equal(first, _run(av, fast_generate, vectors, SamplingConfig(10, temperature=1.0, seed=8)))
 
 
+def _end(row: list[int], stop: int) -> int:
+    """How many tokens a row generated with no stop token keeps when `stop` ends it (the stop included)."""
+    return row.index(stop) + 1 if stop in row else len(row)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_finished_rows_leave_the_batch_without_changing_the_others(lora_av, monkeypatch, temperature):
+    """Rows that finish early are dropped from the decode batch; every other row must read exactly as if all rows had
+    run to the end, greedy or sampled (a row's draws do not depend on which rows are still there)."""
+    vectors = torch.randn(6, 64, generator=torch.Generator().manual_seed(4)) * 30  # varied greedy text
+    cfg = SamplingConfig(max_new_tokens=16, temperature=temperature, seed=3)
+    pad = lora_av.tok.pad_token_id
+    vocab = lora_av.model.get_input_embeddings().weight.shape[0]
+    monkeypatch.setattr(lora_av, "eos_ids", [vocab - 1])  # a token the tiny model does not write here: nobody stops
+    free = _run(lora_av, fast_generate, vectors, cfg).tolist()
+    assert len(free[0]) == 16 and all(vocab - 1 not in r for r in free)
+    # the stop token that ends the rows at the most different steps
+    stop = max({t for r in free for t in r}, key=lambda t: len({_end(r, t) for r in free}))
+    ends = [_end(r, stop) for r in free]
+    assert len(set(ends)) > 1  # rows really do finish at different steps
+    monkeypatch.setattr(lora_av, "eos_ids", [stop])
+    cut = _run(lora_av, fast_generate, vectors, cfg)
+    assert cut.tolist() == [r[:e] + [pad] * (max(ends) - e) for r, e in zip(free, ends)]
+    if temperature == 0:
+        _assert_same_greedy(cut, _run(lora_av, hf_generate, vectors, cfg))
+
+
 def test_sampling_follows_the_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     logits = torch.log(probs).expand(20000, -1)

@@ -5,8 +5,8 @@ Two implementations:
 - `hf_generate`: Hugging Face `generate` from `inputs_embeds` with a KV cache (the reference path);
 - `fast_generate` (default): every AV prompt is the same tokens up to the marker, so that shared prefix is prefilled
   once at batch 1 and written once into a KV cache preallocated for the whole generation (a decode step appends in
-  place); then a lean decode loop (last-position logits only, no logits-processor stack, early stop when every row
-  has finished) with single-token attention done as two small matmuls per layer, LoRA adapters merged for the
+  place); then a lean decode loop (last-position logits only, no logits-processor stack, a row leaves the batch
+  when it finishes, so later steps cost only the rows still writing) with single-token attention done as two small matmuls per layer, LoRA adapters merged for the
   duration, and inverse-CDF sampling.
 """
 
@@ -70,10 +70,16 @@ def hf_generate(
     return out
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None,
+    uniform: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Greedy at temperature 0; otherwise temperature + nucleus (top-p) sampling, drawn by inverting the CDF with one
     uniform per row (`torch.multinomial` draws one exponential per vocabulary entry: a quarter of a decode step on
-    CPU). The cumulative sum accumulates in float64 on CPU, so each token keeps its probability to ~1e-7."""
+    CPU). The cumulative sum accumulates in float64 on CPU, so each token keeps its probability to ~1e-7. `uniform`
+    ([B, 1] in [0, 1)) gives the draws instead of `generator`."""
     if cfg.temperature <= 0:
         return logits.argmax(-1)
     weights = ((logits - logits.amax(-1, keepdim=True)) / cfg.temperature).exp_()  # unnormalised probabilities
@@ -85,7 +91,9 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     if order is not None:  # keep the smallest set whose mass reaches top_p
         kept = ((cdf - weights) <= cfg.top_p * mass).sum(-1, keepdim=True)
         mass = cdf.gather(-1, kept - 1)
-    u = torch.rand(mass.shape, generator=generator, device=mass.device, dtype=mass.dtype) * mass
+    if uniform is None:
+        uniform = torch.rand(mass.shape, generator=generator, device=mass.device, dtype=mass.dtype)
+    u = uniform.to(mass.dtype) * mass
     idx = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[-1] - 1)
     return (idx if order is None else order.gather(-1, idx))[:, 0]
 
@@ -195,6 +203,14 @@ class _PreallocatedLayer(DynamicLayer):
         self.keys, self.values = self._k[:, :, : n + m], self._v[:, :, : n + m]
         return self.keys, self.values
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows `indices`, in new buffers of the same capacity; only the filled positions are copied."""
+        n = self.keys.shape[2]
+        self._k = self._k.new_empty(len(indices), *self._k.shape[1:])
+        self._v = self._v.new_empty(len(indices), *self._v.shape[1:])
+        self._k[:, :, :n], self._v[:, :, :n] = self.keys[indices], self.values[indices]
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
 
 def preallocate(cache, batch: int, capacity: int):
     """Move a filled cache's plain layers into `_PreallocatedLayer`s of `batch` rows and `capacity` positions. Other
@@ -231,6 +247,9 @@ def fast_generate(
         shared_prefix = 0  # padded rows differ in layout; no sharing
     capacity = prompt + cfg.max_new_tokens
     kw = cache_kwarg(model)
+    tokens = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=embeds.device)
+    rows = torch.arange(batch, device=embeds.device)  # the original index of each row still decoding
+    steps = 0
     with merged_lora(model), decode_attention(model), torch.inference_mode():
         past = None
         if shared_prefix > 0:
@@ -242,19 +261,26 @@ def fast_generate(
         past = output_cache(out) if past is not None else preallocate(output_cache(out), batch, capacity)
         # without padding every position is visible, and the model builds no mask for a single query
         attn = mask if padded else None
-        finished = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
-        tokens = []
         for step in range(cfg.max_new_tokens):
             logits = out.logits[:, -1].float()
             if step < cfg.min_new_tokens:
                 logits[:, eos] = float("-inf")
-            nxt = sample_next(logits, cfg, generator)
-            nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
-            tokens.append(nxt)
-            finished |= torch.isin(nxt, eos)
-            if bool(finished.all()) or step == cfg.max_new_tokens - 1:
+            uniform = None
+            if cfg.temperature > 0:  # one draw per original row and step, so dropping rows leaves the others' draws
+                uniform = torch.rand((batch, 1), generator=generator, device=logits.device)[rows]
+            nxt = sample_next(logits, cfg, generator, uniform)
+            tokens[rows, step] = nxt
+            steps = step + 1
+            going = ~torch.isin(nxt, eos)
+            if not bool(going.any()) or step == cfg.max_new_tokens - 1:
                 break
+            if not bool(going.all()):  # drop finished rows: a decode step costs in proportion to the rows it carries
+                keep = going.nonzero()[:, 0]
+                rows, nxt = rows[keep], nxt[keep]
+                past.batch_select_indices(keep)
+                if padded:
+                    attn = attn[keep]
             if padded:
                 attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out = model(input_ids=nxt[:, None], attention_mask=attn, use_cache=True, **{kw: past})
-    return torch.stack(tokens, dim=1) if tokens else torch.empty(batch, 0, dtype=torch.long)
+    return tokens[:, :steps]
