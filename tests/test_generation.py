@@ -129,7 +129,7 @@ def test_finished_rows_leave_the_batch_without_changing_the_others(lora_av, monk
     assert len(set(ends)) > 1  # rows really do finish at different steps
     monkeypatch.setattr(lora_av, "eos_ids", [stop])
     cut = _run(lora_av, fast_generate, vectors, cfg)
-    assert cut.tolist() == [r[:e] + [pad] * (max(ends) - e) for r, e in zip(free, ends)]
+    assert cut.tolist() == [r[:e] + [pad] * (max(ends) - e) for r, e in zip(free, ends, strict=True)]
     if temperature == 0:
         _assert_same_greedy(cut, _run(lora_av, hf_generate, vectors, cfg))
 

@@ -5,9 +5,9 @@ Two implementations:
 - `hf_generate`: Hugging Face `generate` from `inputs_embeds` with a KV cache (the reference path);
 - `fast_generate` (default): every AV prompt is the same tokens up to the marker, so that shared prefix is prefilled
   once at batch 1 and written once into a KV cache preallocated for the whole generation (a decode step appends in
-  place); then a lean decode loop (last-position logits only, no logits-processor stack, a row leaves the batch
-  when it finishes, so later steps cost only the rows still writing) with single-token attention done as two small matmuls per layer, LoRA adapters merged for the
-  duration, and inverse-CDF sampling.
+  place); then a lean decode loop (last-position logits only, no logits-processor stack; a row leaves the batch when
+  it finishes, so later steps cost only the rows still writing) with single-token attention done as two small
+  matmuls per layer, LoRA adapters merged for the duration, and inverse-CDF sampling.
 """
 
 from __future__ import annotations
