@@ -15,6 +15,7 @@ from nlakit.config import SamplingConfig
 from nlakit.errors import NlakitError
 from nlakit.generation import Generator, fast_generate
 from nlakit.injection import check_tokens, check_vectors, find_marker, inject, marker_positions, render_av_prompt
+from nlakit.io import apply_umask
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
 from nlakit.models import load_causal_lm, load_tokenizer
 
@@ -254,6 +255,7 @@ class AV:
         if self.input_proj is not None:
             save_file({k: v.contiguous() for k, v in self.input_proj.state_dict().items()}, path / INPUT_PROJ)
         write_model_meta(path, self.meta)
+        apply_umask(path)
 
     @classmethod
     def from_pretrained(

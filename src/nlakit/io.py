@@ -47,5 +47,15 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def apply_umask(folder: str | Path) -> None:
+    """Give the `.safetensors` files under `folder` the mode a plain `open(path, "w")` would give. safetensors (0.8)
+    writes its files with mode 0600 whatever the umask, and every model save goes through it; call this on a folder
+    just saved, so shared results and served checkpoints stay readable to whoever the umask lets read them."""
+    mode = 0o666 & ~current_umask()
+    for f in Path(folder).rglob("*.safetensors"):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, mode)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

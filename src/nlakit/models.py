@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nlakit.errors import NlakitError
-from nlakit.io import atomic_write_text
+from nlakit.io import apply_umask, atomic_write_text
 
 ASSETS = Path(__file__).parent / "assets"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -237,6 +237,7 @@ def _save_folder(model, tok, dest: Path) -> None:
     with _quiet_transformers():
         model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    apply_umask(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 

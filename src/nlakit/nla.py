@@ -22,6 +22,7 @@ from nlakit.av import AV
 from nlakit.config import DEFAULT_NLA, ModelConfig
 from nlakit.errors import NlakitError
 from nlakit.extract import LayerCapture
+from nlakit.io import apply_umask
 from nlakit.maths import cosine, fve_nrm, mse_nrm
 from nlakit.meta import META_NAME, read_yaml, write_yaml
 from nlakit.models import check_device, resolve_dtype
@@ -407,6 +408,8 @@ def export_merged(
             save_file({"weight": weight}, out / VALUE_HEAD_FILE)
             write_model_meta(out, nla.ar.meta)
     write_pair_meta(dest)
+    for part in ("av", "ar"):
+        apply_umask(dest / part)
     for f in sorted(dest.rglob("*")):
         if f.is_file():
             sizes[str(f.relative_to(dest))] = f.stat().st_size

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from nlakit.io import atomic_write_text
+from nlakit.io import apply_umask, atomic_write_text
 from nlakit.progress import progress_bar
 
 CKPT_PREFIX = "step_"
@@ -74,6 +74,7 @@ def save_checkpoint(
         tmp / "state.pt",
     )
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **(extra or {})}))
+    apply_umask(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep]:
