@@ -53,4 +53,3 @@ def test_training_output_is_readable_under_the_usual_umask(nla_dir):
     """The shared SFT run (written under the test process's umask) has no private file left behind."""
     want = 0o666 & ~current_umask()
     assert {n: oct(m) for n, m in _modes(nla_dir[0]).items() if m != want} == {}
-
