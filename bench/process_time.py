@@ -53,11 +53,14 @@ def main() -> None:
     p.add_argument("--vs", help="the baseline command B, one string split as a shell splits words")
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args()
+    if args.runs < 1 or args.warmup < 0:
+        p.error("-n must be 1 or more and --warmup 0 or more")
     a = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not a:
         p.error("give the command to time after --")
     b = shlex.split(args.vs) if args.vs else None
-    print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"CPU: {cpu_name()}, {cores} cores")
     for _ in range(args.warmup):
         run_once(a)
         if b:
@@ -74,6 +77,9 @@ def main() -> None:
                 f"   wall s {spread([r['wall'] for r in runs])}   cpu s {spread([r['cpu'] for r in runs])}"
                 f"   exit codes {sorted({r['exit'] for r in runs})}"
             )
+    failed = [r["exit"] for r in runs_a + runs_b if r["exit"] != 0]
+    if failed:  # a failed run's time says nothing about the command's speed
+        raise SystemExit(f"error: {len(failed)} run(s) exited non-zero {sorted(set(failed))}; run the command alone")
     if b:
         print(
             f"ratio A/B, pair by pair: {spread([x['wall'] / y['wall'] for x, y in zip(runs_a, runs_b, strict=True)])}"

@@ -112,26 +112,68 @@ def _end(row: list[int], stop: int) -> int:
     return row.index(stop) + 1 if stop in row else len(row)
 
 
+def _prompts(av: AV, vectors: torch.Tensor, padded: bool):
+    """The AV's prompt embeddings with the vectors injected, as `generate_ids` builds them. `padded` makes the
+    prompts of different lengths, as `synth`'s are: row r gets 0-3 extra leading tokens, and the batch is left-padded
+    to the longest (which also turns off the shared-prefix path)."""
+    n = len(vectors)
+    ids = torch.tensor([av.prompt_ids] * n)
+    with torch.inference_mode():
+        embeds = av.embed(ids, torch.ones_like(ids), vectors)
+        marker = av.prompt_ids.index(av.meta.tokens.injection_token_id)
+        if not padded:
+            return embeds, torch.ones_like(ids), marker
+        table = av.model.get_input_embeddings()
+        pad, filler = table(torch.tensor([av.tok.pad_token_id, av.tok.encode(" the")[0]]))
+        extra = [(r % 2) * (1 + r // 2) for r in range(n)]  # 0, 1, 0, 2, 0, 3 leading tokens
+        width = embeds.shape[1] + max(extra)
+        out = pad.expand(n, width, -1).clone()
+        mask = torch.zeros(n, width, dtype=torch.long)
+        for r, e in enumerate(extra):
+            start = max(extra) - e
+            out[r, start:] = torch.cat([filler.expand(e, -1), embeds[r]])
+            mask[r, start:] = 1
+    return out, mask, 0
+
+
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_finished_rows_leave_the_batch_without_changing_the_others(lora_av, monkeypatch, temperature):
-    """Rows that finish early are dropped from the decode batch; every other row must read exactly as if all rows had
-    run to the end, greedy or sampled (a row's draws do not depend on which rows are still there)."""
+def test_finished_rows_leave_the_batch_without_changing_the_others(lora_av, temperature, padded):
+    """Rows that finish early are dropped from the decode batch (the model sees smaller batches), and every other row
+    reads exactly as if all rows had run to the end, greedy or sampled (a row's draws do not depend on which rows are
+    still there), with and without left padding."""
     vectors = torch.randn(6, 64, generator=torch.Generator().manual_seed(4)) * 30  # varied greedy text
     cfg = SamplingConfig(max_new_tokens=16, temperature=temperature, seed=3)
     pad = lora_av.tok.pad_token_id
     vocab = lora_av.model.get_input_embeddings().weight.shape[0]
-    monkeypatch.setattr(lora_av, "eos_ids", [vocab - 1])  # a token the tiny model does not write here: nobody stops
-    free = _run(lora_av, fast_generate, vectors, cfg).tolist()
+    embeds, mask, marker = _prompts(lora_av, vectors, padded)
+
+    def generate(stops: list[int]) -> tuple[list[list[int]], list[int]]:
+        seen: list[int] = []
+        hook = lora_av.model.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(next(v for v in kwargs.values() if torch.is_tensor(v)).shape[0]),
+            with_kwargs=True,
+        )
+        try:
+            out = fast_generate(lora_av.model, embeds, mask, cfg, stops, pad, shared_prefix=marker)
+        finally:
+            hook.remove()
+        return out.tolist(), seen
+
+    free, seen_free = generate([vocab - 1])  # a token the tiny model does not write here: nobody stops
     assert len(free[0]) == 16 and all(vocab - 1 not in r for r in free)
+    assert set(seen_free[-15:]) == {6}
     # the stop token that ends the rows at the most different steps
     stop = max({t for r in free for t in r}, key=lambda t: len({_end(r, t) for r in free}))
     ends = [_end(r, stop) for r in free]
     assert len(set(ends)) > 1  # rows really do finish at different steps
-    monkeypatch.setattr(lora_av, "eos_ids", [stop])
-    cut = _run(lora_av, fast_generate, vectors, cfg)
-    assert cut.tolist() == [r[:e] + [pad] * (max(ends) - e) for r, e in zip(free, ends, strict=True)]
-    if temperature == 0:
-        _assert_same_greedy(cut, _run(lora_av, hf_generate, vectors, cfg))
+    cut, seen = generate([stop])
+    assert cut == [r[:e] + [pad] * (max(ends) - e) for r, e in zip(free, ends, strict=True)]
+    # each decode step carries only the rows still writing: one row per row whose end is later than that step
+    decode = seen[-(max(ends) - 1) :] if max(ends) > 1 else []
+    assert decode == [sum(e > k for e in ends) for k in range(1, max(ends))]
+    if temperature == 0 and not padded:
+        _assert_same_greedy(torch.tensor(cut), hf_generate(lora_av.model, embeds, mask, cfg, [stop], pad))
 
 
 def test_sampling_follows_the_distribution():

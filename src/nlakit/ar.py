@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nlakit.errors import NlakitError
-from nlakit.io import apply_umask
+from nlakit.io import umask_modes
 from nlakit.maths import mse_nrm
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
 from nlakit.models import final_norm_to_identity, load_backbone, load_config, load_tokenizer, model_device
@@ -106,11 +106,11 @@ class AR(torch.nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(path)
+        with umask_modes(path):
+            self.backbone.save_pretrained(path)
+            save_file({"weight": self.value_head.weight.detach().contiguous().cpu()}, path / VALUE_HEAD)
         self.tok.save_pretrained(path)
-        save_file({"weight": self.value_head.weight.detach().contiguous().cpu()}, path / VALUE_HEAD)
         write_model_meta(path, self.meta)
-        apply_umask(path)
 
     @classmethod
     def from_pretrained(

@@ -15,7 +15,7 @@ from nlakit.config import SamplingConfig
 from nlakit.errors import NlakitError
 from nlakit.generation import Generator, fast_generate
 from nlakit.injection import check_tokens, check_vectors, find_marker, inject, marker_positions, render_av_prompt
-from nlakit.io import apply_umask
+from nlakit.io import umask_modes
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
 from nlakit.models import load_causal_lm, load_tokenizer
 
@@ -250,12 +250,12 @@ class AV:
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        with umask_modes(path):
+            self.model.save_pretrained(path)
+            if self.input_proj is not None:
+                save_file({k: v.contiguous() for k, v in self.input_proj.state_dict().items()}, path / INPUT_PROJ)
         self.tok.save_pretrained(path)
-        if self.input_proj is not None:
-            save_file({k: v.contiguous() for k, v in self.input_proj.state_dict().items()}, path / INPUT_PROJ)
         write_model_meta(path, self.meta)
-        apply_umask(path)
 
     @classmethod
     def from_pretrained(

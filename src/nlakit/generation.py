@@ -6,8 +6,11 @@ Two implementations:
 - `fast_generate` (default): every AV prompt is the same tokens up to the marker, so that shared prefix is prefilled
   once at batch 1 and written once into a KV cache preallocated for the whole generation (a decode step appends in
   place); then a lean decode loop (last-position logits only, no logits-processor stack; a row leaves the batch when
-  it finishes, so later steps cost only the rows still writing) with single-token attention done as two small
-  matmuls per layer, LoRA adapters merged for the duration, and inverse-CDF sampling.
+  it finishes, where the cache can drop rows, so later steps cost only the rows still writing) with single-token
+  attention done as two small matmuls per layer, LoRA adapters merged for the duration, and inverse-CDF sampling.
+  Each row's sampling draws do not depend on which rows are still there; its tokens stay the same as far as the
+  matmul kernels give the same result for a smaller batch (fp32 on CPU here; bf16 or a GPU may differ in the last
+  bits, so a near-tie can go the other way).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Protocol
 
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicIndexedLayer, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -212,6 +215,15 @@ class _PreallocatedLayer(DynamicLayer):
         self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
 
 
+# cache layers that drop batch rows completely (keys, values and any per-row state); linear-attention and
+# convolution states (Qwen3-Next, LFM2) are not cut by the `DynamicLayer` method they inherit, so they keep every row
+_ROW_DROPPING_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer, _PreallocatedLayer)
+
+
+def can_drop_rows(cache) -> bool:
+    return all(type(layer) in _ROW_DROPPING_LAYERS for layer in cache.layers)
+
+
 def preallocate(cache, batch: int, capacity: int):
     """Move a filled cache's plain layers into `_PreallocatedLayer`s of `batch` rows and `capacity` positions. Other
     layer kinds (Gemma-3's sliding windows) keep their own update logic, but their batch-1 shared prefix is repeated
@@ -248,7 +260,7 @@ def fast_generate(
     capacity = prompt + cfg.max_new_tokens
     kw = cache_kwarg(model)
     tokens = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=embeds.device)
-    rows = torch.arange(batch, device=embeds.device)  # the original index of each row still decoding
+    rows = torch.arange(batch, device=embeds.device)  # the original index of each row still in the batch
     steps = 0
     with merged_lora(model), decode_attention(model), torch.inference_mode():
         past = None
@@ -259,24 +271,28 @@ def fast_generate(
             inputs_embeds=embeds[:, shared_prefix:], attention_mask=mask, use_cache=True, logits_to_keep=1, **{kw: past}
         )
         past = output_cache(out) if past is not None else preallocate(output_cache(out), batch, capacity)
+        droppable = can_drop_rows(past)
         # without padding every position is visible, and the model builds no mask for a single query
         attn = mask if padded else None
+        finished = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
         for step in range(cfg.max_new_tokens):
             logits = out.logits[:, -1].float()
             if step < cfg.min_new_tokens:
                 logits[:, eos] = float("-inf")
             uniform = None
             if cfg.temperature > 0:  # one draw per original row and step, so dropping rows leaves the others' draws
-                uniform = torch.rand((batch, 1), generator=generator, device=logits.device)[rows]
+                shape = (batch, 1)
+                uniform = torch.rand(shape, generator=generator, device=logits.device, dtype=torch.float32)[rows]
             nxt = sample_next(logits, cfg, generator, uniform)
+            nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
             tokens[rows, step] = nxt
             steps = step + 1
-            going = ~torch.isin(nxt, eos)
-            if not bool(going.any()) or step == cfg.max_new_tokens - 1:
+            finished |= torch.isin(nxt, eos)
+            if bool(finished.all()) or step == cfg.max_new_tokens - 1:
                 break
-            if not bool(going.all()):  # drop finished rows: a decode step costs in proportion to the rows it carries
-                keep = going.nonzero()[:, 0]
-                rows, nxt = rows[keep], nxt[keep]
+            if droppable and bool(finished.any()):  # a decode step costs in proportion to the rows it carries
+                keep = (~finished).nonzero()[:, 0]
+                rows, nxt, finished = rows[keep], nxt[keep], finished[keep]
                 past.batch_select_indices(keep)
                 if padded:
                     attn = attn[keep]

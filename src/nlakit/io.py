@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _umask_lock = threading.Lock()
@@ -47,14 +49,23 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-def apply_umask(folder: str | Path) -> None:
-    """Give the `.safetensors` files under `folder` the mode a plain `open(path, "w")` would give. safetensors (0.8)
-    writes its files with mode 0600 whatever the umask, and every model save goes through it; call this on a folder
-    just saved, so shared results and served checkpoints stay readable to whoever the umask lets read them."""
+def _stamps(folder: Path) -> dict[Path, tuple[int, int]]:
+    return {f: (st.st_ino, st.st_mtime_ns) for f in folder.rglob("*.safetensors") if (st := f.stat()) and f.is_file()}
+
+
+@contextmanager
+def umask_modes(folder: str | Path) -> Iterator[None]:
+    """The `.safetensors` files written under `folder` inside the block get the mode a plain `open(path, "w")` would
+    give. safetensors (0.8) writes its files with mode 0600 whatever the umask, and every model save goes through it;
+    files the block did not write keep their mode."""
+    folder = Path(folder)
+    before = _stamps(folder) if folder.is_dir() else {}
+    yield
     mode = 0o666 & ~current_umask()
-    for f in Path(folder).rglob("*.safetensors"):
-        if f.is_file() and not f.is_symlink():
-            os.chmod(f, mode)
+    for f, stamp in (_stamps(folder) if folder.is_dir() else {}).items():
+        if before.get(f) != stamp:
+            with contextlib.suppress(PermissionError):  # another user's file: the save itself succeeded
+                os.chmod(f, mode)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

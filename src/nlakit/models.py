@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nlakit.errors import NlakitError
-from nlakit.io import apply_umask, atomic_write_text
+from nlakit.io import atomic_write_text, umask_modes
 
 ASSETS = Path(__file__).parent / "assets"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -234,10 +234,9 @@ def _save_folder(model, tok, dest: Path) -> None:
     """Model + tokenizer to `dest` through a side folder, so a killed build never leaves a half-written cache."""
     tmp = dest.with_name(dest.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet_transformers():
+    with _quiet_transformers(), umask_modes(tmp):
         model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    apply_umask(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 

@@ -22,7 +22,7 @@ from nlakit.av import AV
 from nlakit.config import DEFAULT_NLA, ModelConfig
 from nlakit.errors import NlakitError
 from nlakit.extract import LayerCapture
-from nlakit.io import apply_umask
+from nlakit.io import umask_modes
 from nlakit.maths import cosine, fve_nrm, mse_nrm
 from nlakit.meta import META_NAME, read_yaml, write_yaml
 from nlakit.models import check_device, resolve_dtype
@@ -384,7 +384,7 @@ def export_merged(
         raise NlakitError("export needs a destination other than the source folder")
     nla = NLA.from_pretrained(src, dtype="float32", target=target)  # adapters merged on load (trainable=False)
     sizes: dict[str, int] = {}
-    with _quiet_transformers():
+    with _quiet_transformers(), umask_modes(dest):
         if nla.av is not None:
             out = dest / "av"
             nla.av.model.to(want).save_pretrained(out)
@@ -408,8 +408,6 @@ def export_merged(
             save_file({"weight": weight}, out / VALUE_HEAD_FILE)
             write_model_meta(out, nla.ar.meta)
     write_pair_meta(dest)
-    for part in ("av", "ar"):
-        apply_umask(dest / part)
     for f in sorted(dest.rglob("*")):
         if f.is_file():
             sizes[str(f.relative_to(dest))] = f.stat().st_size

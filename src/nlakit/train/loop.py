@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from nlakit.io import apply_umask, atomic_write_text
+from nlakit.io import atomic_write_text, umask_modes
 from nlakit.progress import progress_bar
 
 CKPT_PREFIX = "step_"
@@ -62,7 +62,8 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(module), tmp / "trainable.safetensors")
+    with umask_modes(tmp):
+        save_file(trainable_state(module), tmp / "trainable.safetensors")
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -74,7 +75,6 @@ def save_checkpoint(
         tmp / "state.pt",
     )
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **(extra or {})}))
-    apply_umask(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep]:
