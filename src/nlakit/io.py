@@ -50,7 +50,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 
 
 def _stamps(folder: Path) -> dict[Path, tuple[int, int]]:
-    return {f: (st.st_ino, st.st_mtime_ns) for f in folder.rglob("*.safetensors") if (st := f.stat()) and f.is_file()}
+    """(inode, mtime) of each `.safetensors` file under `folder` (none while it does not exist)."""
+    if not folder.is_dir():
+        return {}
+    return {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in folder.rglob("*.safetensors") if f.is_file()}
 
 
 @contextmanager
@@ -59,10 +62,10 @@ def umask_modes(folder: str | Path) -> Iterator[None]:
     give. safetensors (0.8) writes its files with mode 0600 whatever the umask, and every model save goes through it;
     files the block did not write keep their mode."""
     folder = Path(folder)
-    before = _stamps(folder) if folder.is_dir() else {}
+    before = _stamps(folder)
     yield
     mode = 0o666 & ~current_umask()
-    for f, stamp in (_stamps(folder) if folder.is_dir() else {}).items():
+    for f, stamp in _stamps(folder).items():
         if before.get(f) != stamp:
             with contextlib.suppress(PermissionError):  # another user's file: the save itself succeeded
                 os.chmod(f, mode)
