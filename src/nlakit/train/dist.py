@@ -33,7 +33,9 @@ def mean_scalars(values: dict[str, float]) -> dict[str, float]:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    # NCCL reduces GPU tensors only
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist(), strict=True)}
 

@@ -98,7 +98,8 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    state = torch.load(path / "state.pt", weights_only=False)
+    # map_location: a run checkpointed on a GPU resumes on a CPU-only machine (the optimizer re-homes its state)
+    state = torch.load(path / "state.pt", weights_only=False, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
