@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Held-out evaluation of an NLA for SmolLM2-135M layer 20, with another NLA's AR reading the same explanations
+# (--compare-ar), so the two columns differ only by the AR. Sets (document-level; no shipped NLA trained on them):
+#   wiki_test:        documents of v1's test split, 300 positions
+#   fiction_reviews:  24 fiction + 23 review documents written from seed-1 prompts (120 positions): registers no NLA
+#                     trained on
+#   chat_heldout:     the chat documents of the chat/code split's test part (the ARs adapted on its train part)
+#   code_heldout:     the code documents of that test part
+# A finished report is skipped, so the script resumes where it stopped.
+# Usage: recipes/smollm2-L20/eval.sh NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER
+#   v2: eval.sh runs/smollm2-L20/nla_v2 runs/smollm2-L20/nla_v1 reports/smollm2-135m-L20/v2
+#   v3: eval.sh runs/smollm2-L20/nla_v3 runs/smollm2-L20/nla_v2 reports/smollm2-135m-L20/v3
+#   v4: eval.sh runs/smollm2-L20/nla_v4 src/nlakit/assets/nla/smollm2-135m-L20 reports/smollm2-135m-L20/v4 (with v3 there)
+set -euo pipefail
+[ $# -eq 3 ] || { echo "usage: $0 NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER" >&2; exit 2; }
+NLA=${NLA:-.venv/bin/nla}
+R=runs/smollm2-L20
+SRC=$1 CMP=$2 OUT=$3
+[ -f $R/synth_heldout.jsonl ] || $NLA synth --out $R/synth_heldout.jsonl --registers fiction,reviews --docs-per-register 24 --seed 1 --dtype float32
+# the chat and the code documents of the chat/code test split, as corpus files
+[ -f $R/code_heldout.jsonl ] || .venv/bin/python - <<'PY'
+import json
+import pyarrow.parquet as pq
+R = "runs/smollm2-L20"
+ids = set(pq.read_table(f"{R}/cc_split/test/part-00000.parquet", columns=["doc_id"]).column("doc_id").to_pylist())
+rows = [r for r in map(json.loads, open(f"{R}/synth_cc.jsonl", encoding="utf-8")) if r["id"] in ids]
+for register in ("chat", "code"):
+    with open(f"{R}/{register}_heldout.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["register"] == register)
+PY
+run() { $NLA eval --nla $SRC --compare-ar $CMP --max-positions 300 "$@"; }
+[ -f $OUT/wiki_test/report.md ] || run --corpus wiki --docs-from $R/v1_split/test --train-data $R/v1_split/train --out $OUT/wiki_test
+[ -f $OUT/fiction_reviews/report.md ] || run --texts $R/synth_heldout.jsonl --max-positions 120 --out $OUT/fiction_reviews
+[ -f $OUT/chat_heldout/report.md ] || run --texts $R/chat_heldout.jsonl --positions-per-doc 5 --out $OUT/chat_heldout
+[ -f $OUT/code_heldout/report.md ] || run --texts $R/code_heldout.jsonl --positions-per-doc 5 --out $OUT/code_heldout
