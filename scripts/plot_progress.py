@@ -6,7 +6,8 @@ Hours are the summed `sec` of logged steps (every step is logged at log_every=1;
 the logged rows is scaled by the logging interval), so they count training compute, not evaluation or idle time.
 The AR SFT curve is the AR reading the teacher's explanations (the format's ceiling); the RL and AR-adaptation
 curves are the AV's own explanations read by the AR, which is what the NLA delivers. Stages are drawn in the order
-they ran; a stage whose log is missing is skipped. The validation rows differ by stage (see each label).
+they ran; a stage whose log is missing is skipped. The validation rows differ by stage (see each label). Stages
+run on a lent GPU are drawn in a second panel against GPU-minutes: their time is not comparable with CPU-hours.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ STAGES = (  # (log file, metric, label, line style)
     ("rl_metrics.jsonl", "val_fve_nrm", "v1 RL: AV text -> live AR (64 wiki val rows)", "-"),
     ("rl_continue_attempt_metrics.jsonl", "val_fve_nrm", "v2 try: more RL, fresh optimizer (abandoned)", ":"),
     ("ar_adapt_metrics.jsonl", "val_fve_nrm", "v2: AR adapted to AV text (210 wiki+chat+code rows)", "-"),
+    ("ar_adapt_v3e2_metrics.jsonl", "val_fve_nrm", "v3: + news/instructions, 2 epochs (330 rows; v3 = epoch 1)", "-"),
 )
+GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 
 
 def curve(path: Path, key: str) -> tuple[list[float], list[float], float]:
@@ -50,7 +53,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, gpu) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1), sharey=True)
     offset = 0.0
     for name, key, label, style in STAGES:
         log = args.logs / name
@@ -60,11 +63,17 @@ def main() -> None:
         if xs:
             ax.plot([offset + x for x in xs], ys, marker=".", ls=style, label=label)
         offset += total
-    ax.axhline(0.5, color="grey", ls="--", lw=0.8, label="goal 0.5")
+    for name, key, label, style in GPU_STAGES:
+        if (args.logs / name).is_file():
+            xs, ys, _ = curve(args.logs / name, key)
+            gpu.plot([60 * x for x in xs], ys, marker=".", ls=style, label=label, color="tab:purple")
+    for a in (ax, gpu):
+        a.axhline(0.5, color="grey", ls="--", lw=0.8, label="goal 0.5")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     ax.set_xlabel("training CPU-hours (2 cores)")
     ax.set_ylabel("val fve_nrm")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    gpu.set_xlabel("training GPU-minutes (one H100)")
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
 
