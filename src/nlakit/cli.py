@@ -95,7 +95,6 @@ DtypeOpt = Annotated[
         callback=_check_dtype,
     ),
 ]
-MaxNewTokensOpt = Annotated[int, typer.Option(min=1, help="Longest explanation, in tokens.")]
 TemperatureOpt = Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy (deterministic).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
@@ -534,7 +533,7 @@ def eval_cmd(
     steer_alphas: Annotated[
         str, typer.Option(help="Steering strengths to sweep, as fractions of |h| (comma-separated).")
     ] = ",".join(f"{a:g}" for a in EvalConfig.steer_alphas),
-    max_new_tokens: MaxNewTokensOpt = EvalConfig.max_new_tokens,
+    max_new_tokens: NewTokensOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Explanations per batch.")] = EvalConfig.batch_size,
     device: DeviceOpt = EvalConfig.device,
     dtype: DtypeOpt = EvalConfig.dtype,

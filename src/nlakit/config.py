@@ -240,7 +240,7 @@ class EvalConfig(ModelConfig):
     min_position: int = DEFAULT_MIN_POSITION
     max_tokens: int = 256
     seed: int = 0
-    max_new_tokens: int = 120
+    max_new_tokens: int | None = None  # None: the AV's training cap, as explain uses (reports before v4 used 120)
     batch_size: int = 32
     steer_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # fractions of |h| (the paper's rule)
     steer_cases: list[tuple] | None = None  # (prompt, wanted word, edit anchor); None: eval's eight + the rhyme
