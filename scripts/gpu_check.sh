@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: the whole pipeline on CUDA with SmolLM2-135M in bf16, printing per-stage wall time and throughput.
-#   extract -> split -> datagen (grounded, offline) -> AR SFT -> AV SFT -> a few RL steps -> explain -> eval
+#   extract -> split -> datagen (grounded, offline) -> AR SFT -> AV SFT -> a few RL steps (bf16, then fp32 weights
+#   with bf16 autocast, validation and paraphrases) -> explain -> eval
 # Usage: scripts/gpu_check.sh [OUT_DIR [MODEL LAYER CORPUS [DEVICE]]]
 #   defaults: runs/gpu_check smollm2-135m 20 wiki cuda. `tiny 2 FILE.txt` checks every CUDA code path with no weights
 #   file and no corpus package (a machine where only the repo travels); DEVICE cpu dry-runs the script itself.

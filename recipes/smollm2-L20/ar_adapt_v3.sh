@@ -20,5 +20,5 @@ $NLA datagen $R/ni_split/val --provider nla --model $R/nla_v1 --out $R/ni_val
     --fractions 1,0,0 --seed 42
 $NLA train ar --config recipes/smollm2-L20/ar_adapt_v3.yaml
 # v3 keeps v2's AV: complete the folder so that it is a whole NLA (eval.sh, nla export)
-[ -f $R/nla_v3/av/nla_meta.yaml ] || cp -r $R/nla_v2/av $R/nla_v3/av
+[ -f $R/nla_v3/av/nla_meta.yaml ] || { rm -rf $R/nla_v3/av; cp -r $R/nla_v2/av $R/nla_v3/av; }
 [ -f $R/nla_v3/nla_meta.yaml ] || cp $R/nla_v2/nla_meta.yaml $R/nla_v3/

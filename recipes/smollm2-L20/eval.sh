@@ -10,7 +10,8 @@
 # Usage: recipes/smollm2-L20/eval.sh NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER
 #   v2: eval.sh runs/smollm2-L20/nla_v2 runs/smollm2-L20/nla_v1 reports/smollm2-135m-L20/v2
 #   v3: eval.sh runs/smollm2-L20/nla_v3 runs/smollm2-L20/nla_v2 reports/smollm2-135m-L20/v3
-#   v4: eval.sh runs/smollm2-L20/nla_v4 src/nlakit/assets/nla/smollm2-135m-L20 reports/smollm2-135m-L20/v4 (with v3 there)
+#   GPU RL candidate: eval.sh runs/smollm2-L20/gpu_rl_s7/nla src/nlakit/assets/nla/smollm2-135m-L20 reports/smollm2-135m-L20/v4rl
+#     (v3 shipped in the package at the time)
 set -euo pipefail
 [ $# -eq 3 ] || { echo "usage: $0 NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER" >&2; exit 2; }
 NLA=${NLA:-.venv/bin/nla}
@@ -28,7 +29,8 @@ for register in ("chat", "code"):
     with open(f"{R}/{register}_heldout.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["register"] == register)
 PY
-run() { $NLA eval --nla $SRC --compare-ar $CMP --max-positions 300 "$@"; }
+# 120 tokens: the cap every committed report used (nla eval now defaults to the AV's training cap, 110 here)
+run() { $NLA eval --nla $SRC --compare-ar $CMP --max-positions 300 --max-new-tokens 120 "$@"; }
 [ -f $OUT/wiki_test/report.md ] || run --corpus wiki --docs-from $R/v1_split/test --train-data $R/v1_split/train --out $OUT/wiki_test
 [ -f $OUT/fiction_reviews/report.md ] || run --texts $R/synth_heldout.jsonl --max-positions 120 --out $OUT/fiction_reviews
 [ -f $OUT/chat_heldout/report.md ] || run --texts $R/chat_heldout.jsonl --positions-per-doc 5 --out $OUT/chat_heldout

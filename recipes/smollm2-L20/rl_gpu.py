@@ -3,11 +3,13 @@
   python recipes/smollm2-L20/rl_gpu.py data                        # here: rl_gpu_data/{train,val} from run folders
   python recipes/smollm2-L20/rl_gpu.py run MINUTES OUT [key=value]  # there: RL to the deadline, export the best step
 
-`run` starts `nla train rl --config rl_gpu.yaml`, copies every evaluated checkpoint that beats all earlier validation
-scores, stops the run at the deadline (it resumes from its last periodic checkpoint), exports the
-best step as an NLA with bf16 adapters, and leaves in OUT what must come back: the metrics, curves, the end of the log,
-and the NLA as a tar split into 15 MiB parts (reassemble with `cat nla.tar.part* | tar x`). The same config runs on a
-CPU (`device=cpu`), only slower.
+`run` starts `nla train rl --config rl_gpu.yaml`, keeps a copy of the best RL checkpoint by validation fve_nrm (the
+starting NLA's score, step 0, is reported beside it, not compared: judge the export on held-out tests), stops the
+run at the deadline (it resumes from its last periodic checkpoint), exports the best step as an NLA with bf16
+adapters, and leaves in OUT what must come back: the metrics, curves, the run's log, and the NLA as a tar in 15 MiB
+parts. Reassemble with `cat nla.tar.part* | tar x`, then copy `tokenizer.json` into nla/av and nla/ar from the NLA the
+run started from (`nla=`): the tar leaves them out to fit the transfer. The same config runs on a CPU with
+`device=cpu autocast=auto`, only slower.
 """
 
 from __future__ import annotations
@@ -51,15 +53,19 @@ def _nla(*args: str) -> list[str]:
 
 
 def _val_rows(metrics: Path) -> list[dict]:
+    """The evaluated rows written so far; a last line the trainer is still writing is left for the next poll."""
     if not metrics.is_file():
         return []
-    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-    return [r for r in rows if "val_fve_nrm" in r]
+    lines = metrics.read_text().split("\n")[:-1]  # only newline-terminated lines are whole
+    return [r for r in map(json.loads, filter(str.strip, lines)) if "val_fve_nrm" in r]
 
 
 def run(minutes: float, dest: Path, overrides: list[str]) -> None:
     from nlakit.meta import read_yaml
 
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        sys.exit(f"override {bad[0]!r} is not key=value, e.g. device=cpu")
     cfg = {**read_yaml(CONFIG), **dict(o.split("=", 1) for o in overrides)}
     out = Path(cfg["out"])
     run_dir, best_dir = out / "train_rl", out / "best_checkpoint"
@@ -83,27 +89,31 @@ def run(minutes: float, dest: Path, overrides: list[str]) -> None:
             seen.add(step)
             print(f"[{(time.time() - t0) / 60:5.1f} min] step {step}: val fve_nrm {row['val_fve_nrm']:.4f}", flush=True)
             if row["val_fve_nrm"] > best:
-                shutil.rmtree(best_dir, ignore_errors=True)
+                tmp = best_dir.with_name(best_dir.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
                 try:
-                    shutil.copytree(ckpt, best_dir)
+                    shutil.copytree(ckpt, tmp)
                 except (OSError, shutil.Error):  # the run removed it meanwhile (it keeps the newest two)
-                    shutil.rmtree(best_dir, ignore_errors=True)
-                    best_step = None
+                    shutil.rmtree(tmp, ignore_errors=True)
                     continue
+                shutil.rmtree(best_dir, ignore_errors=True)
+                tmp.rename(best_dir)
                 best, best_step = row["val_fve_nrm"], step
 
-    while proc.poll() is None and time.time() - t0 < minutes * 60:
-        time.sleep(3)
+    try:
+        while proc.poll() is None and time.time() - t0 < minutes * 60:
+            time.sleep(3)
+            poll()
         poll()
-    poll()
-    if proc.poll() is None:
-        # Killed, not interrupted: a SIGINT that lands in a finaliser is swallowed and the run goes on. Nothing is
-        # lost: the best step was copied above, and the run resumes from its last periodic checkpoint.
-        proc.kill()
-        proc.wait()
+    finally:
+        if proc.poll() is None:
+            # Killed, not interrupted: a SIGINT that lands in a finaliser is swallowed and the run goes on. Nothing
+            # is lost: the best step was copied above, and the run resumes from its last periodic checkpoint.
+            proc.kill()
+            proc.wait()
     summary = {
         "start_val_fve_nrm": start_val,
-        "best_val_fve_nrm": best,
+        "best_val_fve_nrm": best if best_step is not None else None,
         "best_step": best_step,
         "minutes": round((time.time() - t0) / 60, 2),
         "returncode": proc.returncode,
@@ -114,6 +124,7 @@ def run(minutes: float, dest: Path, overrides: list[str]) -> None:
             shutil.copy(run_dir / name, dest / name)
     if best_step is None:
         (dest / "summary.json").write_text(json.dumps(summary, indent=1))
+        log.close()
         return
     # Export the best step: a run folder holding only that checkpoint, "resumed" at its own step, writes av/ and ar/.
     export_run = Path(str(out) + "_best")
@@ -132,14 +143,15 @@ def run(minutes: float, dest: Path, overrides: list[str]) -> None:
         _nla("export", str(export_run), str(shipped), "--storage-dtype", "bfloat16"), check=True, stdout=log, stderr=log
     )
     tar = shipped.with_suffix(".tar")
-    with tarfile.open(tar, "w") as t:  # tokenizers stay behind: they are the shipped ones, byte for byte
+    with tarfile.open(tar, "w") as t:  # tokenizers stay behind: they are those of `nla=`, byte for byte
         t.add(shipped, arcname="nla", filter=lambda m: None if m.name.endswith("tokenizer.json") else m)
     data = tar.read_bytes()
     for i in range(0, len(data), PART):
-        (dest / f"nla.tar.part{i // PART}").write_bytes(data[i : i + PART])
+        (dest / f"nla.tar.part{i // PART:03d}").write_bytes(data[i : i + PART])
     summary["minutes"] = round((time.time() - t0) / 60, 2)
     (dest / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"exported step {best_step} (val fve_nrm {best:.4f}) in {summary['minutes']} min", flush=True)
+    log.close()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Works on any NLA folder, the reference's format included (`--av`/`--ar`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -307,6 +308,8 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     nla = nla or NLA.from_config(cfg)
     if nla.av is None or nla.ar is None:
         raise NlakitError("eval needs both an AV and an AR")
+    # the report records the cap actually used
+    cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens or nla.av.meta.max_new_tokens)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
