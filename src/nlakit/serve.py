@@ -280,7 +280,12 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
             le=limits.max_batch,
             description="At most this many positions per batched generation (batches are split evenly).",
         )
-        max_new_tokens: int = Field(default=120, ge=1, le=limits.max_explanation_tokens)
+        max_new_tokens: int | None = Field(
+            default=None,
+            ge=1,
+            le=limits.max_explanation_tokens,
+            description="Longest explanation, in tokens; default: the AV's training cap (as `nla explain`).",
+        )
 
     class TopkIn(_Model):
         text: Text
