@@ -10,6 +10,7 @@
 # Usage: recipes/smollm2-L20/eval.sh NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER
 #   v2: eval.sh runs/smollm2-L20/nla_v2 runs/smollm2-L20/nla_v1 reports/smollm2-135m-L20/v2
 #   v3: eval.sh runs/smollm2-L20/nla_v3 runs/smollm2-L20/nla_v2 reports/smollm2-135m-L20/v3
+#   v4: eval.sh runs/smollm2-L20/nla_v3e2 runs/smollm2-L20/nla_v3 reports/smollm2-135m-L20/v4
 #   GPU RL candidate: eval.sh runs/smollm2-L20/gpu_rl_s7/nla src/nlakit/assets/nla/smollm2-135m-L20 reports/smollm2-135m-L20/v4rl
 #     (v3 shipped in the package at the time)
 set -euo pipefail
