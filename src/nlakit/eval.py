@@ -14,12 +14,11 @@ Works on any NLA folder, the reference's format included (`--av`/`--ar`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -309,7 +308,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     if nla.av is None or nla.ar is None:
         raise NlakitError("eval needs both an AV and an AR")
     # the report records the cap actually used
-    cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens or nla.av.meta.max_new_tokens)
+    cfg = replace(cfg, max_new_tokens=cfg.max_new_tokens or nla.av.meta.max_new_tokens)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -281,8 +281,7 @@ def fast_generate(
                 logits[:, eos] = float("-inf")
             uniform = None
             if cfg.temperature > 0:  # one draw per original row and step, so dropping rows leaves the others' draws
-                shape = (batch, 1)
-                uniform = torch.rand(shape, generator=generator, device=logits.device, dtype=torch.float32)[rows]
+                uniform = torch.rand((batch, 1), generator=generator, device=logits.device)[rows]
             nxt = sample_next(logits, cfg, generator, uniform)
             nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
             tokens[rows, step] = nxt

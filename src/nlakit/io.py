@@ -53,7 +53,8 @@ def _stamps(folder: Path) -> dict[Path, tuple[int, int]]:
     """(inode, mtime) of each `.safetensors` file under `folder` (none while it does not exist)."""
     if not folder.is_dir():
         return {}
-    return {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in folder.rglob("*.safetensors") if f.is_file()}
+    stats = {f: f.stat() for f in folder.rglob("*.safetensors") if f.is_file()}
+    return {f: (s.st_ino, s.st_mtime_ns) for f, s in stats.items()}
 
 
 @contextmanager

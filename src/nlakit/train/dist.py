@@ -14,9 +14,10 @@ def init(device: str = "cpu") -> tuple[int, int]:
     """(rank, world_size); initialises the process group when launched with several processes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        if torch.device(device).type == "cuda":  # one GPU per process: "cuda" then means this rank's own
+        cuda = torch.device(device).type == "cuda"
+        if cuda:  # one GPU per process: "cuda" then means this rank's own
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
