@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from nlakit.errors import NlakitError
 from nlakit.eval import (
@@ -101,6 +102,7 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
         steer_alphas=(0.5, 1.0),
         train_data=str(tiny_pairs["train"]),
         compare_ar=str(nla_dir[0]),  # the same AR again: it must read the same explanations the same way
+        best_of=3,
     )
     r = run_eval(cfg, nla)
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -120,6 +122,11 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     assert r["compare_ar"]["teacher_explanation"]["fve_nrm"] == pytest.approx(
         r["reference_lines"]["teacher_explanation"]["fve_nrm"], abs=1e-5
     )
+    # the scored text is the AR's pick among greedy + 2 samples, so it reconstructs at least as well as the greedy
+    bo = r["best_of"]
+    assert bo["n"] == 3 and 0 <= bo["greedy_picked_share"] <= 1
+    assert r["mse_nrm"] <= bo["greedy"]["mse_nrm"] + 1e-6 and r["mse_nrm"] <= bo["one_sample"]["mse_nrm"] + 1e-6
+    assert r["compare_ar"]["greedy"]["fve_nrm"] == pytest.approx(bo["greedy"]["fve_nrm"], abs=1e-5)
     rt = r["round_trip"]
     assert all(v["kl_mean"] >= -1e-6 for v in rt.values())
     assert rt["random"]["kl_mean"] > 0
@@ -147,3 +154,22 @@ def test_eval_cli_errors(tmp_path):
     # inputs are checked before any model loads (the --nla folder here is not even an NLA)
     res = CliRunner().invoke(app, ["eval", "--out", str(tmp_path / "o"), "--texts", str(bad), "--nla", str(tmp_path)])
     assert isinstance(res.exception, NlakitError) and ".txt" in str(res.exception)
+
+
+def test_best_of_picks_the_candidate_nearest_its_vector(nla_dir, tiny_pairs):
+    from nlakit import dataset as ds
+    from nlakit.nla import NLA
+
+    nla = NLA.from_pretrained(nla_dir[0], dtype="float32")
+    v = torch.from_numpy(ds.vectors_of(ds.read_table(tiny_pairs["val"]).slice(0, 6))).float()
+    cands = nla.candidates(v, 4, max_new_tokens=16)
+    assert [len(c) for c in cands] == [4] * 6
+    assert [c[0] for c in cands] == nla.verbalize(v, max_new_tokens=16)  # greedy first
+    assert cands == nla.candidates(v, 4, max_new_tokens=16)  # seeded
+    assert any(len(set(c)) > 1 for c in cands)  # the samples differ
+    texts, best = nla.pick_best(cands, v)
+    each = torch.stack([nla.score([c[j] for c in cands], v)["mse_nrm"] for j in range(4)], 1)
+    assert torch.equal(each.argmin(1), torch.tensor(best))
+    assert texts == [c[j] for c, j in zip(cands, best, strict=True)]
+    assert nla.verbalize(v, best_of=4, max_new_tokens=16) == texts
+    assert nla.pick_best([[t] for t in texts], v) == (texts, [0] * 6)

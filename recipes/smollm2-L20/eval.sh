@@ -7,17 +7,21 @@
 #   chat_heldout:     the chat documents of the chat/code split's test part (the ARs adapted on its train part)
 #   code_heldout:     the code documents of that test part
 # A finished report is skipped, so the script resumes where it stopped.
-# Usage: recipes/smollm2-L20/eval.sh NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER
+# Usage: recipes/smollm2-L20/eval.sh NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER [nla eval options...]
 #   v2: eval.sh runs/smollm2-L20/nla_v2 runs/smollm2-L20/nla_v1 reports/smollm2-135m-L20/v2
 #   v3: eval.sh runs/smollm2-L20/nla_v3 runs/smollm2-L20/nla_v2 reports/smollm2-135m-L20/v3
 #   v4: eval.sh runs/smollm2-L20/nla_v3e2 runs/smollm2-L20/nla_v3 reports/smollm2-135m-L20/v4
 #   GPU RL candidate: eval.sh runs/smollm2-L20/gpu_rl_s7/nla src/nlakit/assets/nla/smollm2-135m-L20 reports/smollm2-135m-L20/v4rl
 #     (v3 shipped in the package at the time)
+#   v4, best of 8 (AR-picked; v1's AR, the most distant reader, checks the pick):
+#     eval.sh src/nlakit/assets/nla/smollm2-135m-L20 runs/smollm2-L20/nla_v1 reports/smollm2-135m-L20/v4best8 --best-of 8
 set -euo pipefail
-[ $# -eq 3 ] || { echo "usage: $0 NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER" >&2; exit 2; }
+[ $# -ge 3 ] || { echo "usage: $0 NLA_FOLDER COMPARE_AR_NLA REPORT_FOLDER [nla eval options...]" >&2; exit 2; }
 NLA=${NLA:-.venv/bin/nla}
 R=runs/smollm2-L20
 SRC=$1 CMP=$2 OUT=$3
+shift 3
+EXTRA=("$@")
 [ -f $R/synth_heldout.jsonl ] || $NLA synth --out $R/synth_heldout.jsonl --registers fiction,reviews --docs-per-register 24 --seed 1 --dtype float32
 # the chat and the code documents of the chat/code test split, as corpus files
 [ -f $R/code_heldout.jsonl ] || .venv/bin/python - <<'PY'
@@ -31,7 +35,7 @@ for register in ("chat", "code"):
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["register"] == register)
 PY
 # 120 tokens: the cap every committed report used (nla eval now defaults to the AV's training cap, 110 here)
-run() { $NLA eval --nla $SRC --compare-ar $CMP --max-positions 300 --max-new-tokens 120 "$@"; }
+run() { $NLA eval --nla $SRC --compare-ar $CMP --max-positions 300 --max-new-tokens 120 "${EXTRA[@]}" "$@"; }
 [ -f $OUT/wiki_test/report.md ] || run --corpus wiki --docs-from $R/v1_split/test --train-data $R/v1_split/train --out $OUT/wiki_test
 [ -f $OUT/fiction_reviews/report.md ] || run --texts $R/synth_heldout.jsonl --max-positions 120 --out $OUT/fiction_reviews
 [ -f $OUT/chat_heldout/report.md ] || run --texts $R/chat_heldout.jsonl --positions-per-doc 5 --out $OUT/chat_heldout

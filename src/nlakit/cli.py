@@ -97,6 +97,14 @@ DtypeOpt = Annotated[
 ]
 TemperatureOpt = Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy (deterministic).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+BestOfOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Candidates per position: the greedy text and N-1 samples; the AR keeps the one that reconstructs best "
+        "(N times the generation time).",
+    ),
+]
 
 # A released NLA is two folders (AV, AR) whose sidecars name a Hub id as the target: these map it to local folders.
 AvOpt = Annotated[str | None, typer.Option("--av", help="AV folder (e.g. a released NLA's); overrides --nla's.")]
@@ -381,7 +389,13 @@ def _explain(model, text: str, cfg: ExplainConfig) -> list:
 
     with progress_bar("explaining", total=len(chosen)) as bar:
         return model.explain(
-            text, chosen, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, progress=advance
+            text,
+            chosen,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            best_of=cfg.best_of,
+            sample_temperature=cfg.sample_temperature,
+            progress=advance,
         )
 
 
@@ -411,6 +425,7 @@ def explain(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
     max_new_tokens: NewTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
+    best_of: BestOfOpt = 1,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
     av: AvOpt = None,
@@ -535,6 +550,7 @@ def eval_cmd(
     ] = ",".join(f"{a:g}" for a in EvalConfig.steer_alphas),
     max_new_tokens: NewTokensOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Explanations per batch.")] = EvalConfig.batch_size,
+    best_of: BestOfOpt = EvalConfig.best_of,
     device: DeviceOpt = EvalConfig.device,
     dtype: DtypeOpt = EvalConfig.dtype,
     target: TargetOpt = None,

@@ -187,10 +187,12 @@ class ExplainConfig(ModelConfig):
     positions: list[int] | None = None  # None: every token but 0 (the attention sink)
     max_new_tokens: int | None = None  # None: the AV's training cap
     temperature: float = 0.0  # 0 = greedy (deterministic)
+    best_of: int = 1  # > 1: the AR picks the best of the greedy text and best_of - 1 samples (NLA.pick_best)
+    sample_temperature: float = 1.0  # the samples' temperature when best_of > 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _at_least(self, max_new_tokens=1, temperature=0)
+        _at_least(self, max_new_tokens=1, temperature=0, best_of=1, sample_temperature=0)
         if self.positions is not None and not self.positions:
             raise NlakitError("positions is empty; give token positions such as [3, 4, 5] or leave it out")
 
@@ -242,6 +244,8 @@ class EvalConfig(ModelConfig):
     seed: int = 0
     max_new_tokens: int | None = None  # None: the AV's training cap, as explain uses (reports before v4 used 120)
     batch_size: int = 32
+    best_of: int = 1  # > 1: score the AR's pick of the greedy text and best_of - 1 samples (NLA.pick_best)
+    sample_temperature: float = 1.0  # the samples' temperature when best_of > 1
     steer_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # fractions of |h| (the paper's rule)
     steer_cases: list[tuple] | None = None  # (prompt, wanted word, edit anchor); None: eval's eight + the rhyme
     steer_dev_cases: list[tuple] | None = None  # where the edit form and alpha are chosen; None: eval's eight
@@ -249,7 +253,7 @@ class EvalConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least(self, max_positions=1, positions_per_doc=1, min_position=1, max_tokens=2, max_new_tokens=1)
-        _at_least(self, batch_size=1)
+        _at_least(self, batch_size=1, best_of=1, sample_temperature=0)
         if not self.steer_alphas or not all(
             isinstance(a, (int, float)) and math.isfinite(a) for a in self.steer_alphas
         ):

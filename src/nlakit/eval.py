@@ -316,7 +316,18 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     samples, vectors, logp_orig = collect(nla, docs, cfg)
     n = len(samples)
     rawvar, meannorm = rawvar_baseline(vectors), meannorm_baseline(vectors)
-    texts = nla.verbalize(vectors, max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size)
+    # best_of > 1: the scored text is the AR's pick among the greedy text and samples; the greedy text stays as a
+    # reference line, so the report shows what the pick adds (and, with --compare-ar, whether another reader agrees)
+    candidates = nla.candidates(
+        vectors,
+        cfg.best_of,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=0.0,
+        batch_size=cfg.batch_size,
+        sample_temperature=cfg.sample_temperature,
+        seed=cfg.seed,
+    )
+    texts, picked = nla.pick_best(candidates, vectors)
     # another activation's explanation: a rotation by half the set never pairs a row with itself or (for sets of
     # more than a few documents) with a position of its own document
     perm = [(i + max(1, n // 2)) % n for i in range(n)]
@@ -336,6 +347,9 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
         "logit_lens": [logit_lens_text(top) for top in logit_lens_top(nla, vectors)],
         "context": [s.context for s in samples],
     }
+    if cfg.best_of > 1:
+        variants["greedy"] = [c[0] for c in candidates]
+        variants["one_sample"] = [c[1] for c in candidates]
     for k in TRUNCATIONS:
         variants[f"truncate_{k}"] = [truncate_tokens(ar_tok, t, k) for t in texts]
 
@@ -380,6 +394,14 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     teacher = summary("teacher")
     report["reference_lines"] = {"teacher_explanation": teacher}
     report["av_over_teacher"] = main["fve_nrm"] / teacher["fve_nrm"] if teacher["fve_nrm"] > 0 else None
+    if cfg.best_of > 1:
+        report["best_of"] = {
+            "n": cfg.best_of,
+            "sample_temperature": cfg.sample_temperature,
+            "greedy": summary("greedy"),
+            "one_sample": summary("one_sample"),
+            "greedy_picked_share": sum(j == 0 for j in picked) / n,
+        }
     if cfg.compare_ar:
         # the same AV text and vectors through another reader: an AR before and after training differ only there
         other = load_ar(cfg.compare_ar, device=cfg.device, dtype=cfg.dtype)
@@ -390,6 +412,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
                 for name, s in (
                     ("explanation", score_texts(other, texts, vectors)),
                     ("teacher_explanation", score_texts(other, variants["teacher"], vectors)),
+                    *((("greedy", score_texts(other, variants["greedy"], vectors)),) if cfg.best_of > 1 else ()),
                 )
             },
         }
@@ -584,6 +607,9 @@ def render_markdown(r: dict) -> str:
         f"| {_f(r['mse_nrm'])} |",
     ]
     rows = [(f"baseline: {k}", v) for k, v in r["baselines"].items()]
+    bo = r.get("best_of")
+    if bo:
+        rows += [("reference: greedy text alone", bo["greedy"]), ("reference: one sample alone", bo["one_sample"])]
     rows += [(f"reference: {k}", v) for k, v in r.get("reference_lines", {}).items()]
     rows += [(f"oracle: {k}", v) for k, v in r.get("oracles", {}).items()]
     for name, b in rows:
@@ -596,12 +622,21 @@ def render_markdown(r: dict) -> str:
         f"by this AR on the same rows (the format's ceiling; AV / teacher = {_f(r.get('av_over_teacher'))}). The "
         "oracle looks at the vector it predicts (nearest training vector): a bound, not a method.",
     ]
+    if bo:
+        lines += [
+            "",
+            f"Best of {bo['n']}: each position's text is the AR's pick among the greedy text and {bo['n'] - 1} "
+            f"samples at temperature {bo['sample_temperature']:g} (the greedy text won {bo['greedy_picked_share']:.0%}"
+            "). The pick is chosen by this AR, so another AR's reading below and the probes tell whether the gain is "
+            "in the words.",
+        ]
     if r.get("compare_ar"):
         c = r["compare_ar"]
+        greedy = f", greedy text: {_f(c['greedy']['fve_nrm'])}" if "greedy" in c else ""
         lines += [
             "",
             f"The same explanations read by another AR ({c['ar']}): fve_nrm {_f(c['explanation']['fve_nrm'])} "
-            f"(teacher's text: {_f(c['teacher_explanation']['fve_nrm'])}).",
+            f"(teacher's text: {_f(c['teacher_explanation']['fve_nrm'])}{greedy}).",
         ]
     lines += [
         "",

@@ -233,11 +233,14 @@ class NLA:
         temperature: float = 0.0,
         seed: int | None = None,
         batch_size: int = EXPLAIN_BATCH,
+        best_of: int = 1,
+        sample_temperature: float = 1.0,
         progress: Callable[[int], None] | None = None,
     ) -> list[TokenExplanation]:
         """Explain `text` token by token: read each position's activation once, verbalise them in batched
         generations of at most `batch_size` (evenly sized: a small last batch would cost a whole decode pass), then
-        reconstruct each explanation and score it. `progress(n)` is called after each batch with the positions done.
+        reconstruct each explanation and score it (`best_of` > 1: the best of that many candidates, `pick_best`;
+        it multiplies the generation time). `progress(n)` is called after each batch with the positions done.
         Position 0 (an attention sink) is skipped unless asked for."""
         if self.av is None or self.ar is None:
             raise NlakitError("explain needs both an AV and an AR")
@@ -252,12 +255,13 @@ class NLA:
         size = math.ceil(len(positions) / max(1, math.ceil(len(positions) / batch_size))) if positions else 1
         texts: list[str] = []
         for b in range(0, len(positions), size):
-            texts += self.av.verbalize(
+            texts += self.verbalize(
                 vectors[b : b + size],
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 seed=seed,
                 batch_size=size,
+                **({"best_of": best_of, "sample_temperature": sample_temperature} if best_of > 1 else {}),
             )
             if progress is not None:
                 progress(len(texts))
@@ -287,10 +291,46 @@ class NLA:
             self.ar.save_pretrained(path / "ar")
         write_pair_meta(path)
 
-    def verbalize(self, vectors, **kwargs) -> list[str]:
+    def verbalize(self, vectors, *, best_of: int = 1, **kwargs) -> list[str]:
+        """Explanations of raw vectors [n, d]; `best_of` > 1 picks each row's best of that many candidates
+        (`candidates`, `pick_best`)."""
         if self.av is None:
             raise NlakitError("this NLA has no AV; load one with av=PATH")
-        return self.av.verbalize(vectors, **kwargs)
+        if best_of <= 1:
+            return self.av.verbalize(vectors, **kwargs)
+        vectors = torch.as_tensor(vectors, dtype=torch.float32).reshape(-1, self.av.meta.d_model)
+        return self.pick_best(self.candidates(vectors, best_of, **kwargs), vectors)[0]
+
+    def candidates(
+        self, vectors: torch.Tensor, best_of: int, *, sample_temperature: float = 1.0, seed: int | None = 0, **kwargs
+    ) -> list[list[str]]:
+        """`best_of` explanations per row [n][best_of]: the one asked for (greedy by default) first, then
+        `best_of` - 1 samples at `sample_temperature` (seeded, None meaning 0: the same call gives the same
+        candidates)."""
+        seed = 0 if seed is None else seed
+        first = self.av.verbalize(vectors, seed=seed, **kwargs)
+        if best_of <= 1:
+            return [[t] for t in first]
+        kwargs.pop("temperature", None)
+        more = self.av.verbalize(
+            vectors.repeat_interleave(best_of - 1, 0), temperature=sample_temperature, seed=seed, **kwargs
+        )
+        return [[first[i], *more[i * (best_of - 1) : (i + 1) * (best_of - 1)]] for i in range(len(first))]
+
+    def pick_best(self, candidates: list[list[str]], vectors: torch.Tensor) -> tuple[list[str], list[int]]:
+        """AR-verified selection: for each row, the candidate whose reconstruction is nearest its own vector (the
+        explainer holds the vector it explains, so this needs nothing a user lacks). The first candidate wins ties.
+        What the pick gains over one sample has to survive another AR and the meaning-preserving probes, which
+        `nla eval` reports for the picked text."""
+        if self.ar is None:
+            raise NlakitError("picking the best explanation needs an AR; load one with ar=PATH")
+        k = len(candidates[0]) if candidates else 1
+        if k == 1:
+            return [row[0] for row in candidates], [0] * len(candidates)
+        flat = [t for row in candidates for t in row]
+        mse = self.score(flat, vectors.repeat_interleave(k, 0))["mse_nrm"].view(-1, k)
+        best = mse.argmin(1).tolist()  # argmin returns the first minimum
+        return [row[j] for row, j in zip(candidates, best, strict=True)], best
 
     def reconstruct(self, texts: str | list[str]) -> torch.Tensor:
         if self.ar is None:
