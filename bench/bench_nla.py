@@ -227,3 +227,40 @@ def rl_step(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
         for k in ("sec", "sec_generate", "sec_reward", "sec_av_update", "sec_ar_update", "length")
     }
     return out
+
+
+def rl_rollouts(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
+    """RL steps from a trained NLA (4 activations x group 4, 96-token cap, fp32, no autocast) with whichever nlakit
+    is on the path: rollouts/s, and the reward and length that show both revisions sample alike."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    import nlakit
+    from nlakit.train.rl import RLConfig, train_rl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_rl(
+            RLConfig(
+                data=data_dir,
+                nla=nla_dir,
+                out=tmp,
+                max_steps=steps + 1,
+                save_every=1000,
+                eval_every=1000,
+                max_new_tokens=96,
+                group_size=4,
+                prompts_per_step=4,
+                dtype="float32",
+                autocast="none",
+            )
+        )
+        import json
+
+        rows = [json.loads(ln) for ln in (Path(tmp) / "train_rl" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "sec" in r][1:]  # the first step pays for warm-up
+    out = {k: statistics.median(r[k] for r in rows) for k in ("sec", "sec_generate", "sec_av_update", "length")}
+    out["reward"] = statistics.mean(r["reward"] for r in rows)
+    out["rollouts_s"] = 16 / out["sec"]
+    out["nlakit"] = str(Path(nlakit.__file__).parent)
+    return out

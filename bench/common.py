@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -14,8 +15,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def run_isolated(module: str, func: str, **kwargs) -> dict:
-    """Run `bench.<module>.<func>(**kwargs)` in a fresh Python; it returns a JSON dict, we add its peak RSS (MB)."""
+def run_isolated(module: str, func: str, *, nlakit_src: str | None = None, **kwargs) -> dict:
+    """Run `bench.<module>.<func>(**kwargs)` in a fresh Python; it returns a JSON dict, we add its peak RSS (MB).
+    `nlakit_src`: import nlakit from this source folder (an older revision's, for a baseline in the same run)."""
     code = (
         f"import json,resource,sys; sys.path.insert(0, {str(HERE.parent)!r})\n"
         f"from bench.{module} import {func} as f\n"
@@ -23,7 +25,8 @@ def run_isolated(module: str, func: str, **kwargs) -> dict:
         "out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "print('@@' + json.dumps(out))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": nlakit_src} if nlakit_src else None
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{module}.{func} failed:\n{r.stderr[-3000:]}")
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("@@")][-1]

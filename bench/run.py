@@ -167,6 +167,40 @@ def rl_step(args) -> list[str]:
     ]
 
 
+def rl_versus(args) -> list[str]:
+    """RL rollouts/s of this tree against an older revision's, interleaved in one run on one trained NLA."""
+    import subprocess
+
+    old_src = HERE / ".cache" / f"rev-{args.baseline_rev}"
+    if not old_src.is_dir():
+        subprocess.run(["git", "worktree", "add", "-f", str(old_src), args.baseline_rev], check=True)
+    kw = dict(nla_dir=args.rl_nla, data_dir=args.rl_data, steps=3)
+    base, ours = [], []
+    for _ in range(args.repeats):
+        base.append(run_isolated("bench_nla", "rl_rollouts", nlakit_src=str(old_src / "src"), **kw))
+        ours.append(run_isolated("bench_nla", "rl_rollouts", **kw))
+    RESULTS["rl_versus"] = {"baseline_rev": args.baseline_rev, "base": base, "ours": ours}
+
+    def med(runs: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    rows = [(f"`{args.baseline_rev}` (baseline)", base), ("this tree", ours)]
+    return [
+        f"### RL rollouts against `{args.baseline_rev}` ({args.rl_nla}, 4 activations x group 4, 96-token cap, fp32, "
+        f"no autocast; median of {args.repeats} interleaved runs of 3 steps each)",
+        "",
+        "| revision | s/step | generation s | AV update s | rollouts/s | ratio | reward | length | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {med(r, 'sec'):.1f} | {med(r, 'sec_generate'):.1f} | {med(r, 'sec_av_update'):.1f} | "
+            f"{med(r, 'rollouts_s'):.2f} | {med(r, 'rollouts_s') / med(base, 'rollouts_s'):.2f}x | "
+            f"{med(r, 'reward'):.3f} | {med(r, 'length'):.0f} | {med(r, 'peak_rss_mb'):.0f} |"
+            for name, r in rows
+        ],
+        "",
+    ]
+
+
 def datagen_rate(args) -> list[str]:
     src = HERE / ".cache" / "dg_src"
     if not (src / "nla_meta.yaml").is_file():
@@ -197,6 +231,7 @@ SECTIONS = {
     "av_generate": av_generation,
     "explain": explain_latency,
     "rl": rl_step,
+    "rl_versus": rl_versus,
 }
 
 
@@ -209,6 +244,9 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--gemm-dtype", default="bfloat16")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--baseline-rev", default="b59fa06", help="rl_versus: the revision timed as the baseline")
+    p.add_argument("--rl-nla", default="runs/smollm2-L20/nla_v1", help="rl_versus: a trained NLA folder")
+    p.add_argument("--rl-data", default="runs/smollm2-L20/v1_split/train", help="rl_versus: activations")
     args = p.parse_args()
     lines = []
     for name in args.only or list(SECTIONS):

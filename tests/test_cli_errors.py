@@ -104,6 +104,15 @@ def test_bad_steering_strengths(nla, tmp_path):
     )
 
 
+def test_best_of_needs_an_nla(nla, tmp_path, tiny_pairs):
+    out = tmp_path / "o"
+    assert_one_line_error(
+        nla("datagen", str(tiny_pairs["train"]), "--out", str(out), "--best-of", "4"), "--provider nla"
+    )
+    assert not out.exists()  # refused before anything is written
+    assert_one_line_error(nla("explain", "some text", "--best-of", "0"), "best-of")
+
+
 def test_missing_files(nla, tmp_path):
     assert_one_line_error(nla("verbalize", MISSING), "does not exist")
     assert_one_line_error(nla("datagen", MISSING, "--out", str(tmp_path / "o")), "does not exist")

@@ -127,6 +127,15 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     assert bo["n"] == 3 and 0 <= bo["greedy_picked_share"] <= 1
     assert r["mse_nrm"] <= bo["greedy"]["mse_nrm"] + 1e-6 and r["mse_nrm"] <= bo["one_sample"]["mse_nrm"] + 1e-6
     assert r["compare_ar"]["greedy"]["fve_nrm"] == pytest.approx(bo["greedy"]["fve_nrm"], abs=1e-5)
+    assert bo["curve"]["1"] == pytest.approx(bo["greedy"]["fve_nrm"]) and bo["curve"]["3"] == pytest.approx(
+        r["fve_nrm"]
+    )
+    assert bo["curve"]["1"] <= bo["curve"]["2"] <= bo["curve"]["3"]
+    lo, hi = bo["gain_over_greedy"]["ci95"]
+    assert bo["gain_over_greedy"]["fve_nrm"] == pytest.approx(r["fve_nrm"] - bo["greedy"]["fve_nrm"])
+    assert lo <= bo["gain_over_greedy"]["fve_nrm"] <= hi
+    assert r["compare_ar"]["this_minus_other"]["fve_nrm"] == pytest.approx(0, abs=1e-5)  # the same AR twice
+    assert (tmp_path / "rep" / "best_of.png").stat().st_size > 5000
     rt = r["round_trip"]
     assert all(v["kl_mean"] >= -1e-6 for v in rt.values())
     assert rt["random"]["kl_mean"] > 0

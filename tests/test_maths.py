@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from nlakit.maths import cosine, fve_nrm, meannorm_baseline, mse_nrm, normalize, rawvar_baseline
+from nlakit.maths import (
+    best_of_curve,
+    cosine,
+    fve_nrm,
+    meannorm_baseline,
+    mse_nrm,
+    normalize,
+    paired_bootstrap,
+    rawvar_baseline,
+)
 
 
 def test_normalize_hand_values():
@@ -46,3 +55,19 @@ def test_fve():
     assert fve_nrm(1.0, 0.5) == pytest.approx(-1.0)
     with pytest.raises(ValueError):
         fve_nrm(0.1, 0.0)
+
+
+def test_best_of_curve_hand_values():
+    mse = torch.tensor([[0.6, 0.2, 0.4], [0.3, 0.5, 0.1]])
+    assert best_of_curve(mse, [1, 2, 3, 8]) == pytest.approx({1: 0.45, 2: 0.25, 3: 0.15})
+
+
+def test_paired_bootstrap_resamples_documents():
+    a = torch.tensor([0.1, 0.1, 0.3, 0.3])
+    b = torch.tensor([0.2, 0.2, 0.3, 0.3])
+    # doc x gains 0.1 / rawvar 0.5 = 0.2 on both rows, doc y gains 0: mean 0.1; a draw has 0, 1 or 2 copies of x
+    gain, lo, hi = paired_bootstrap(a, b, ["x", "x", "y", "y"], rawvar=0.5, n_boot=400)
+    assert gain == pytest.approx(0.1)
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(0.2)
+    same = paired_bootstrap(a, a, ["x", "x", "y", "y"], rawvar=0.5)
+    assert same == pytest.approx((0.0, 0.0, 0.0))

@@ -265,16 +265,21 @@ def datagen(
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
     concurrency: Annotated[int, typer.Option(help="API: requests in flight.")] = 8,
     max_rows: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    best_of: Annotated[
+        int, typer.Option(min=1, help="nla: keep the AR's pick of the greedy text and N-1 samples (expert iteration).")
+    ] = 1,
 ) -> None:
     """Add warm-start explanations (resumable, cached by context hash)."""
     from nlakit.datagen import datagen as run
     from nlakit.explainers import make_explainer
     from nlakit.meta import read_dataset_meta
 
-    if provider == "grounded":
+    if best_of > 1 and provider != "nla":
+        raise NlakitError(f"--best-of picks by an NLA's AR, so it needs --provider nla (got {provider})")
+    if provider == "nla":
+        options = {"model": model or DEFAULT_NLA, "best_of": best_of}
+    elif provider == "grounded":
         options = {"model": model or read_dataset_meta(src).extraction.base_model}
-    elif provider == "nla":
-        options = {"model": model or DEFAULT_NLA}
     else:
         options = {k: v for k, v in {"model": model, "base_url": base_url, "api_key_env": api_key_env}.items() if v}
         options["concurrency"] = concurrency

@@ -85,7 +85,7 @@ class SFTConfig:
     out: str  # NLA folder: the recipe writes out/ar or out/av, and its run state under out/train_<role>
     val_data: str | None = None
     base: str | None = None  # AR/AV base model; default: the dataset's target model
-    init_from: str | None = None  # an NLA folder or shipped name: start from its trained AR (adapter), not a fresh one
+    init_from: str | None = None  # an NLA folder or shipped name: start from its trained AR or AV, not a fresh one
     explanation_column: str = "explanation"
     lora: bool = True
     lora_r: int = 16

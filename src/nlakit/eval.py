@@ -30,7 +30,16 @@ from nlakit.errors import NlakitError
 from nlakit.explainers.grounded import GroundedExplainer
 from nlakit.extract import sample_positions
 from nlakit.io import atomic_write_text
-from nlakit.maths import cosine, meannorm_baseline, mse_nrm, normalize, rawvar_baseline
+from nlakit.maths import (
+    best_of_curve,
+    cosine,
+    fve_nrm,
+    meannorm_baseline,
+    mse_nrm,
+    normalize,
+    paired_bootstrap,
+    rawvar_baseline,
+)
 from nlakit.models import final_norm
 from nlakit.nla import NLA, load_ar, score_texts
 from nlakit.paraphrase import remove_quote_marks, remove_quotes, shuffle_units, shuffle_words, synonym_rewrite
@@ -327,7 +336,9 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
         sample_temperature=cfg.sample_temperature,
         seed=cfg.seed,
     )
-    texts, picked = nla.pick_best(candidates, vectors)
+    cand_mse = nla.candidate_scores(candidates, vectors) if cfg.best_of > 1 else None
+    picked = cand_mse.argmin(1).tolist() if cand_mse is not None else [0] * n
+    texts = [c[j] for c, j in zip(candidates, picked, strict=True)]
     # another activation's explanation: a rotation by half the set never pairs a row with itself or (for sets of
     # more than a few documents) with a position of its own document
     perm = [(i + max(1, n // 2)) % n for i in range(n)]
@@ -394,29 +405,46 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     teacher = summary("teacher")
     report["reference_lines"] = {"teacher_explanation": teacher}
     report["av_over_teacher"] = main["fve_nrm"] / teacher["fve_nrm"] if teacher["fve_nrm"] > 0 else None
-    if cfg.best_of > 1:
+    docs_of_rows = [s.doc_id for s in samples]
+    if cand_mse is not None:
+        gain, lo, hi = paired_bootstrap(scores["explanation"]["mse_nrm"], cand_mse[:, 0], docs_of_rows, rawvar)
+        # the gain as the pool grows: the pick among the greedy text and the first k - 1 samples
+        ks = sorted({1, cfg.best_of, *(2**i for i in range(1, cfg.best_of.bit_length()))})
         report["best_of"] = {
             "n": cfg.best_of,
             "sample_temperature": cfg.sample_temperature,
             "greedy": summary("greedy"),
             "one_sample": summary("one_sample"),
             "greedy_picked_share": sum(j == 0 for j in picked) / n,
+            "gain_over_greedy": {"fve_nrm": gain, "ci95": [lo, hi]},
+            "curve": {str(k): float(fve_nrm(m, rawvar)) for k, m in best_of_curve(cand_mse, ks).items()},
         }
     if cfg.compare_ar:
         # the same AV text and vectors through another reader: an AR before and after training differ only there
         other = load_ar(cfg.compare_ar, device=cfg.device, dtype=cfg.dtype)
-        report["compare_ar"] = {
-            "ar": str(cfg.compare_ar),
-            **{
-                name: summarise(s["mse_nrm"], s["cos"], rawvar, meannorm)
-                for name, s in (
-                    ("explanation", score_texts(other, texts, vectors)),
-                    ("teacher_explanation", score_texts(other, variants["teacher"], vectors)),
-                    *((("greedy", score_texts(other, variants["greedy"], vectors)),) if cfg.best_of > 1 else ()),
-                )
-            },
+        read = {
+            name: score_texts(other, variants[key], vectors)
+            for name, key in (
+                ("explanation", "explanation"),
+                ("teacher_explanation", "teacher"),
+                *((("greedy", "greedy"),) if cfg.best_of > 1 else ()),
+            )
         }
         del other
+        report["compare_ar"] = {
+            "ar": str(cfg.compare_ar),
+            **{name: summarise(x["mse_nrm"], x["cos"], rawvar, meannorm) for name, x in read.items()},
+        }
+        # this AR's fve minus the other's on the same text, with a document-bootstrap interval
+        d, lo, hi = paired_bootstrap(
+            scores["explanation"]["mse_nrm"], read["explanation"]["mse_nrm"], docs_of_rows, rawvar
+        )
+        report["compare_ar"]["this_minus_other"] = {"fve_nrm": d, "ci95": [lo, hi]}
+        if cfg.best_of > 1:  # does the other AR also prefer the pick? (it did not choose it)
+            d, lo, hi = paired_bootstrap(
+                read["explanation"]["mse_nrm"], read["greedy"]["mse_nrm"], docs_of_rows, rawvar
+            )
+            report["compare_ar"]["pick_minus_greedy"] = {"fve_nrm": d, "ci95": [lo, hi]}
     if cfg.train_data:
         from nlakit.dataset import read_table, vectors_of
 
@@ -594,6 +622,10 @@ def _f(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def _gain(g: dict) -> str:
+    return f"{g['fve_nrm']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]"
+
+
 def render_markdown(r: dict) -> str:
     lines = [
         f"# NLA evaluation: {r['target']} layer {r['layer']}",
@@ -627,8 +659,12 @@ def render_markdown(r: dict) -> str:
             "",
             f"Best of {bo['n']}: each position's text is the AR's pick among the greedy text and {bo['n'] - 1} "
             f"samples at temperature {bo['sample_temperature']:g} (the greedy text won {bo['greedy_picked_share']:.0%}"
-            "). The pick is chosen by this AR, so another AR's reading below and the probes tell whether the gain is "
+            f"). Gain over the greedy text: {_gain(bo['gain_over_greedy'])} (95% interval from resampling documents)."
+            " The pick is chosen by this AR, so another AR's reading below and the probes tell whether the gain is "
             "in the words.",
+            "",
+            "fve_nrm of the pick among the greedy text and the first k - 1 samples: "
+            + ", ".join(f"k={k}: {_f(v)}" for k, v in bo["curve"].items()),
         ]
     if r.get("compare_ar"):
         c = r["compare_ar"]
@@ -636,7 +672,13 @@ def render_markdown(r: dict) -> str:
         lines += [
             "",
             f"The same explanations read by another AR ({c['ar']}): fve_nrm {_f(c['explanation']['fve_nrm'])} "
-            f"(teacher's text: {_f(c['teacher_explanation']['fve_nrm'])}{greedy}).",
+            f"(teacher's text: {_f(c['teacher_explanation']['fve_nrm'])}{greedy}). This AR minus the other on the "
+            f"same text: {_gain(c['this_minus_other'])}."
+            + (
+                f" The other AR's gain from the pick: {_gain(c['pick_minus_greedy'])}."
+                if "pick_minus_greedy" in c
+                else ""
+            ),
         ]
     lines += [
         "",
@@ -703,7 +745,7 @@ def render_markdown(r: dict) -> str:
             "> " + s["explanation"].replace("\n", "\n> "),
             "",
         ]
-    lines += ["Plots: fidelity.png, probes.png, causal.png", ""]
+    lines += ["Plots: fidelity.png, probes.png, causal.png" + (", best_of.png" if bo else ""), ""]
     return "\n".join(lines)
 
 
@@ -754,6 +796,19 @@ def plot_report(r: dict, per_fve: np.ndarray, per_cos: np.ndarray, out: Path) ->
     fig.tight_layout()
     fig.savefig(out / "probes.png", dpi=100)
     plt.close(fig)
+
+    if r.get("best_of"):
+        bo = r["best_of"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([int(k) for k in bo["curve"]], list(bo["curve"].values()), "o-", label="AR's pick among k")
+        ax.axhline(bo["one_sample"]["fve_nrm"], color="tab:gray", ls=":", label="one sample")
+        ax.axhline(r["reference_lines"]["teacher_explanation"]["fve_nrm"], color="tab:green", ls="--", label="teacher")
+        ax.set(xscale="log", xlabel="candidates k (greedy + k - 1 samples)", ylabel="fve_nrm", title="best of k")
+        ax.set_xticks([int(k) for k in bo["curve"]], [str(k) for k in bo["curve"]])
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "best_of.png", dpi=100)
+        plt.close(fig)
 
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
     rt = r["round_trip"]

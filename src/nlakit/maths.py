@@ -60,3 +60,25 @@ def keyed_seed(*key: object, nbytes: int = 8) -> int:
     """A seed from a key (sha256 of the parts joined by "|"): the same key gives the same draws on every machine,
     whatever the batch, chunk or process order (document positions, RL steps, generated corpora)."""
     return int.from_bytes(hashlib.sha256("|".join(map(str, key)).encode()).digest()[:nbytes], "big")
+
+
+def best_of_curve(mse: Tensor, ks: list[int]) -> dict[int, float]:
+    """Mean per-row mse of the best of the first k candidates, for each k: `mse` is [n, N], candidate 0 first."""
+    return {k: float(mse[:, :k].min(1).values.mean()) for k in ks if 1 <= k <= mse.shape[1]}
+
+
+def paired_bootstrap(
+    a: Tensor, b: Tensor, groups: list, rawvar: float, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """fve_nrm(a) - fve_nrm(b) for per-row mse `a` and `b` of the same rows, with a 95% percentile interval from
+    resampling whole groups (documents): rows of one document are not independent."""
+    diff = (b.double() - a.double()) / rawvar  # each row's fve gain of a over b
+    keys = list(dict.fromkeys(groups))
+    index = {k: i for i, k in enumerate(keys)}
+    g = torch.tensor([index[x] for x in groups])
+    sums = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, g, diff)
+    counts = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, g, torch.ones_like(diff))
+    draw = torch.randint(len(keys), (n_boot, len(keys)), generator=torch.Generator().manual_seed(seed))
+    boot = sums[draw].sum(1) / counts[draw].sum(1)
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return float(diff.mean()), lo, hi

@@ -322,15 +322,18 @@ class NLA:
         explainer holds the vector it explains, so this needs nothing a user lacks). The first candidate wins ties.
         What the pick gains over one sample has to survive another AR and the meaning-preserving probes, which
         `nla eval` reports for the picked text."""
+        if candidates and len(candidates[0]) == 1:
+            return [row[0] for row in candidates], [0] * len(candidates)
+        best = self.candidate_scores(candidates, vectors).argmin(1).tolist()  # argmin returns the first minimum
+        return [row[j] for row, j in zip(candidates, best, strict=True)], best
+
+    def candidate_scores(self, candidates: list[list[str]], vectors: torch.Tensor) -> torch.Tensor:
+        """mse_nrm of every candidate against its row's vector [n, k]."""
         if self.ar is None:
             raise NlakitError("picking the best explanation needs an AR; load one with ar=PATH")
         k = len(candidates[0]) if candidates else 1
-        if k == 1:
-            return [row[0] for row in candidates], [0] * len(candidates)
         flat = [t for row in candidates for t in row]
-        mse = self.score(flat, vectors.repeat_interleave(k, 0))["mse_nrm"].view(-1, k)
-        best = mse.argmin(1).tolist()  # argmin returns the first minimum
-        return [row[j] for row, j in zip(candidates, best, strict=True)], best
+        return self.score(flat, torch.as_tensor(vectors).repeat_interleave(k, 0))["mse_nrm"].view(-1, k)
 
     def reconstruct(self, texts: str | list[str]) -> torch.Tensor:
         if self.ar is None:

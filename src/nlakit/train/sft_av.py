@@ -6,6 +6,7 @@ Output: `out/av/` and `out/train_av/`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from nlakit.dataset import load_pairs
 from nlakit.errors import NlakitError
 from nlakit.maths import fve_nrm
 from nlakit.meta import AV_TEMPLATE
-from nlakit.nla import score_texts
+from nlakit.nla import resolve_nla_path, score_texts
 from nlakit.train.loop import add_lora, start_run
 from nlakit.train.sft import run_sft, sft_model_meta, shuffled
 
@@ -27,8 +28,6 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
     train = load_pairs(cfg.data, cfg.explanation_column)
     ext = train.meta.extraction
     base = cfg.base or ext.base_model
-    if cfg.init_from:
-        raise NlakitError("init_from is for the AR recipe; to train an AV further, continue its run (larger max_steps)")
     av_template = cfg.av_template or AV_TEMPLATE
     if av_template.count("{injection_char}") != 1:
         raise NlakitError("av_template must contain {injection_char} exactly once (where the vector goes)")
@@ -42,9 +41,27 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
         injection_scale=cfg.injection_scale or default_injection_scale(mean_norm),
         loss_type="sft_nll",
     )
-    av = AV.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
-    if cfg.lora:
-        av.model = add_lora(av.model, cfg.lora_r, cfg.lora_alpha, task_type="CAUSAL_LM")
+    if cfg.init_from:
+        # fine-tune a trained AV further (e.g. on its own AR-picked best explanations): its adapter, prompt and
+        # injection scale carry on, since the vectors must reach it as they did in its training
+        src = resolve_nla_path(cfg.init_from) / "av"
+        av = AV.from_pretrained(src, device=cfg.device, dtype=cfg.dtype, trainable=True)
+        if (av.meta.d_model, av.meta.extraction_layer_index) != (meta.d_model, meta.extraction_layer_index):
+            raise NlakitError(
+                f"init_from {src} reads layer {av.meta.extraction_layer_index} (d={av.meta.d_model}), "
+                f"unlike the data (layer {meta.extraction_layer_index}, d={meta.d_model})"
+            )
+        av.meta = replace(
+            meta,
+            tokens=av.meta.tokens,
+            prompt_templates=av.meta.prompt_templates,
+            injection_scale=av.meta.injection_scale,
+            parent_checkpoints=[str(src)],
+        )
+    else:
+        av = AV.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
+        if cfg.lora:
+            av.model = add_lora(av.model, cfg.lora_r, cfg.lora_alpha, task_type="CAUSAL_LM")
     val = load_pairs(cfg.val_data, cfg.explanation_column, cfg.eval_rows) if cfg.val_data else None
 
     val_shuffled = shuffled(val.vectors, cfg.seed) if val else None
