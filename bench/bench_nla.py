@@ -191,14 +191,39 @@ def explain_latency(mode: str, nla_dir: str, new_tokens: int = 80, baseline_posi
     }
 
 
-def rl_step(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
-    """Seconds per RL step on SmolLM2 (4 activations x group 4, 96-token cap) and the share of each phase."""
-    import statistics
+def _rl_steps(nla: str, data_dir: str, steps: int, **cfg) -> list[dict]:
+    """The log rows of `steps` RL steps (4 activations x group 4, 96-token cap) after one warm-up step; only fields
+    that b59fa06's RLConfig also has, so an older nlakit on the path runs the same thing."""
+    import json
     import tempfile
     from pathlib import Path
 
-    from nlakit.extract import ExtractConfig, extract
     from nlakit.train.rl import RLConfig, train_rl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_rl(
+            RLConfig(
+                data=data_dir,
+                nla=nla,
+                out=tmp,
+                max_steps=steps + 1,
+                save_every=1000,
+                max_new_tokens=96,
+                group_size=4,
+                prompts_per_step=4,
+                **cfg,
+            )
+        )
+        rows = [json.loads(ln) for ln in (Path(tmp) / "train_rl" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "sec" in r][1:]
+
+
+def rl_step(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
+    """Seconds per RL step on SmolLM2 (4 activations x group 4, 96-token cap) and the share of each phase."""
+    import statistics
+    from pathlib import Path
+
+    from nlakit.extract import ExtractConfig, extract
 
     if not (Path(data_dir) / "nla_meta.yaml").is_file():
         extract(
@@ -206,59 +231,22 @@ def rl_step(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
                 model="smollm2-135m", layers=[20], corpus="wiki", out=Path(data_dir), max_docs=64, positions_per_doc=2
             )
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        train_rl(
-            RLConfig(
-                data=data_dir,
-                nla=make_base_nla(nla_dir),
-                out=tmp,
-                max_steps=steps + 1,
-                save_every=1000,
-                max_new_tokens=96,
-                group_size=4,
-                prompts_per_step=4,
-            )
-        )
-        import json
-
-        rows = [json.loads(ln) for ln in (Path(tmp) / "train_rl" / "metrics.jsonl").read_text().splitlines()][1:]
-    out = {
+    rows = _rl_steps(make_base_nla(nla_dir), data_dir, steps)
+    return {
         k: statistics.median(r[k] for r in rows)
         for k in ("sec", "sec_generate", "sec_reward", "sec_av_update", "sec_ar_update", "length")
     }
-    return out
 
 
 def rl_rollouts(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
-    """RL steps from a trained NLA (4 activations x group 4, 96-token cap, fp32, no autocast) with whichever nlakit
-    is on the path: rollouts/s, and the reward and length that show both revisions sample alike."""
+    """RL steps from a trained NLA (fp32, no autocast) with whichever nlakit is on the path: rollouts/s, and the
+    reward and length that show both revisions sample alike."""
     import statistics
-    import tempfile
     from pathlib import Path
 
     import nlakit
-    from nlakit.train.rl import RLConfig, train_rl
 
-    with tempfile.TemporaryDirectory() as tmp:
-        train_rl(
-            RLConfig(
-                data=data_dir,
-                nla=nla_dir,
-                out=tmp,
-                max_steps=steps + 1,
-                save_every=1000,
-                eval_every=1000,
-                max_new_tokens=96,
-                group_size=4,
-                prompts_per_step=4,
-                dtype="float32",
-                autocast="none",
-            )
-        )
-        import json
-
-        rows = [json.loads(ln) for ln in (Path(tmp) / "train_rl" / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "sec" in r][1:]  # the first step pays for warm-up
+    rows = _rl_steps(nla_dir, data_dir, steps, eval_every=1000, dtype="float32", autocast="none")
     out = {k: statistics.median(r[k] for r in rows) for k in ("sec", "sec_generate", "sec_av_update", "length")}
     out["reward"] = statistics.mean(r["reward"] for r in rows)
     out["rollouts_s"] = 16 / out["sec"]

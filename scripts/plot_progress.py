@@ -8,6 +8,8 @@ The AR SFT curve is the AR reading the teacher's explanations (the format's ceil
 curves are the AV's own explanations read by the AR, which is what the NLA delivers. Stages are drawn in the order
 they ran; a stage whose log is missing is skipped. The validation rows differ by stage (see each label). Stages
 run on a lent GPU are drawn in a second panel against GPU-minutes: their time is not comparable with CPU-hours.
+`--best-of REPORT.json ...` adds a third panel from `nla eval --best-of N` reports: held-out fve_nrm against the
+candidates per position, the compute spent at inference instead of in training.
 """
 
 from __future__ import annotations
@@ -47,13 +49,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("logs", type=Path, help="the recipe's logs folder")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--best-of", type=Path, nargs="*", default=[], help="nla eval --best-of reports (report.json)")
     args = ap.parse_args()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, gpu) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1), sharey=True)
+    reports = [(p, json.loads(p.read_text())) for p in args.best_of]
+    panels = 3 if reports else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), width_ratios=(2, 1, 1)[:panels], sharey=True)
+    ax, gpu = axes[0], axes[1]
     offset = 0.0
     for name, key, label, style in STAGES:
         log = args.logs / name
@@ -67,7 +73,14 @@ def main() -> None:
         if (args.logs / name).is_file():
             xs, ys, _ = curve(args.logs / name, key)
             gpu.plot([60 * x for x in xs], ys, marker=".", ls=style, label=label, color="tab:purple")
-    for a in (ax, gpu):
+    if reports:
+        inf = axes[2]
+        for path, r in reports:
+            curve_k = r["best_of"]["curve"]
+            inf.plot([int(k) for k in curve_k], list(curve_k.values()), marker="o", label=f"{path.parent.name} (test)")
+        inf.set(xscale="log", xlabel="candidates per position at inference (greedy + k-1 samples)")
+        inf.set_xticks([int(k) for k in curve_k], [str(k) for k in curve_k])
+    for a in axes:
         a.axhline(0.5, color="grey", ls="--", lw=0.8, label="goal 0.5")
         a.grid(alpha=0.3)
         a.legend(fontsize=7)

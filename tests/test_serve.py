@@ -98,6 +98,16 @@ def test_explain_streams_the_library_rows(client, nla):
         assert got["fve_nrm"] == pytest.approx(want["fve_nrm"], abs=1e-4)
 
 
+def test_explain_best_of_is_the_library_pick(client, nla):
+    body = {"text": TEXT, "positions": [2, 3, 4], "max_new_tokens": 8, "best_of": 3}
+    rows = [e["explanation"] for e in ndjson(client.post("/api/explain", json=body)) if e["type"] == "explanation"]
+    want = nla.explain(TEXT, [2, 3, 4], max_new_tokens=8, best_of=3)
+    greedy = nla.explain(TEXT, [2, 3, 4], max_new_tokens=8)
+    assert [r["explanation"] for r in rows] == [w.explanation for w in want]
+    # the greedy text is one of the candidates, so the pick reconstructs at least as well
+    assert all(w.mse_nrm <= g.mse_nrm + 1e-6 for w, g in zip(want, greedy, strict=True))
+
+
 def test_explain_chosen_positions_in_small_batches(client):
     events = ndjson(
         client.post("/api/explain", json={"text": TEXT, "positions": [4, 2, 4], "batch_size": 1, "max_new_tokens": 6})
@@ -187,6 +197,8 @@ BAD = [
     ("/api/explain", b'{"text": "a b", "batch_size": 0}', 422, "greater than or equal to 1"),
     ("/api/explain", b'{"text": "a b", "max_new_tokens": 100000}', 422, "less than or equal to"),
     ("/api/explain", b'{"text": "a b", "colour": "red"}', 422, "Extra inputs are not permitted"),
+    ("/api/explain", b'{"text": "a b", "best_of": 0}', 422, "greater than or equal to 1"),
+    ("/api/explain", b'{"text": "a b", "best_of": 17}', 422, "less than or equal to 16"),
     ("/api/explain", b'{"text": ""}', 422, "at least 1 character"),
     ("/api/explain", json.dumps({"text": "x" * 4001}).encode(), 422, "at most 4000 characters"),
     ("/api/explain", b'{"text": "\\ud800 city"}', 422, "valid string"),  # a lone surrogate
@@ -688,6 +700,7 @@ def test_page_end_to_end_in_chromium(server, tmp_path):
             assert download.value.suggested_filename == "nla-explanations.json"
             data = json.loads(open(download.value.path(), encoding="utf-8").read())
             assert data["text"] == TEXT and data["layer"] == 2 and data["fidelity"] == "fve_nrm"
+            assert (data["max_new_tokens"], data["best_of"]) == (24, 1)  # the settings the rows were made with
             assert data["tokens"] == post(url, "/api/tokenize", {"text": TEXT})["tokens"]
             assert [r["position"] for r in data["explanations"]] == list(range(1, n)) and data["not_explained"] == [0]
             assert set(data["explanations"][0]) == {

@@ -59,6 +59,7 @@ class Limits:
     # requests that may wait behind the running one, per queue (explain; the other model requests); the next: 429
     max_waiting: int = 4
     max_explanation_tokens: int = 200
+    max_best_of: int = 16  # candidates per position (each one more generation)
     max_new_tokens: int = 200  # continuation / steering length
     max_topk_positions: int = 16
     max_k: int = 50
@@ -286,6 +287,12 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
             le=limits.max_explanation_tokens,
             description="Longest explanation, in tokens; default: the AV's training cap (as `nla explain`).",
         )
+        best_of: int = Field(
+            default=1,
+            ge=1,
+            le=limits.max_best_of,
+            description="Candidates per position: the greedy text and best_of - 1 samples; the AR keeps the best.",
+        )
 
     class TopkIn(_Model):
         text: Text
@@ -467,12 +474,12 @@ def create_app(
         ticket = queue.admit()
         if ticket is None:
             return queue.refuse()
-        text, new_tokens = req.text, req.max_new_tokens
+        text, new_tokens, best_of = req.text, req.max_new_tokens, req.best_of
         plan = batches(positions, req.batch_size)
 
         def run(batch: list[int]) -> list[Any]:
             with lock:  # released between batches so a click or a steering run is served meanwhile
-                return nla.explain(text, batch, max_new_tokens=new_tokens)
+                return nla.explain(text, batch, max_new_tokens=new_tokens, best_of=best_of)
 
         async def events() -> AsyncIterator[str]:
             yield _line(ExplainEvent(type="tokens", tokens=tokens, positions=positions, batches=len(plan)))
