@@ -78,7 +78,8 @@ def main() -> None:
         for path, r in reports:
             curve_k = r["best_of"]["curve"]
             inf.plot([int(k) for k in curve_k], list(curve_k.values()), marker="o", label=f"{path.parent.name} (test)")
-        inf.set(xscale="log", xlabel="candidates per position at inference (greedy + k-1 samples)")
+        inf.set(xscale="log", xlabel="candidates per position (greedy + k-1 samples)", title="held-out, at inference")
+        inf.minorticks_off()
         inf.set_xticks([int(k) for k in curve_k], [str(k) for k in curve_k])
     for a in axes:
         a.axhline(0.5, color="grey", ls="--", lw=0.8, label="goal 0.5")

@@ -804,6 +804,7 @@ def plot_report(r: dict, per_fve: np.ndarray, per_cos: np.ndarray, out: Path) ->
         ax.axhline(bo["one_sample"]["fve_nrm"], color="tab:gray", ls=":", label="one sample")
         ax.axhline(r["reference_lines"]["teacher_explanation"]["fve_nrm"], color="tab:green", ls="--", label="teacher")
         ax.set(xscale="log", xlabel="candidates k (greedy + k - 1 samples)", ylabel="fve_nrm", title="best of k")
+        ax.minorticks_off()
         ax.set_xticks([int(k) for k in bo["curve"]], [str(k) for k in bo["curve"]])
         ax.legend()
         fig.tight_layout()
