@@ -74,7 +74,7 @@ def test_expert_iteration_data_and_av_init_from(nla_dir, tiny_pairs, tmp_path):
     vec = torch.from_numpy(ds.vectors_of(tp)).float()
     mse_p = nla.score(tp.column("explanation").to_pylist(), vec)["mse_nrm"]
     mse_g = nla.score(tg.column("explanation").to_pylist(), vec)["mse_nrm"]
-    assert bool((mse_p <= mse_g + 1e-6).all())  # the greedy text is a candidate, so a pick is never worse
+    assert bool((mse_p <= mse_g + 1e-4).all())  # the greedy text is a candidate, so a pick is never worse
     # lr 0: the AV trained further must be exactly the one it started from, prompt and injection scale included
     pairs = {"train": out, "val": out}
     train_av(sft_config(pairs, tmp_path / "av", init_from=str(nla_dir[0]), lr=0.0, max_steps=2, eval_every=2))

@@ -125,7 +125,7 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     # the scored text is the AR's pick among greedy + 2 samples, so it reconstructs at least as well as the greedy
     bo = r["best_of"]
     assert bo["n"] == 3 and 0 <= bo["greedy_picked_share"] <= 1
-    assert r["mse_nrm"] <= bo["greedy"]["mse_nrm"] + 1e-6 and r["mse_nrm"] <= bo["one_sample"]["mse_nrm"] + 1e-6
+    assert r["mse_nrm"] <= bo["greedy"]["mse_nrm"] + 1e-4 and r["mse_nrm"] <= bo["one_sample"]["mse_nrm"] + 1e-4
     assert r["compare_ar"]["greedy"]["fve_nrm"] == pytest.approx(bo["greedy"]["fve_nrm"], abs=1e-5)
     assert bo["curve"]["1"] == pytest.approx(bo["greedy"]["fve_nrm"]) and bo["curve"]["3"] == pytest.approx(
         r["fve_nrm"]
@@ -178,7 +178,8 @@ def test_best_of_picks_the_candidate_nearest_its_vector(nla_dir, tiny_pairs):
     assert any(len(set(c)) > 1 for c in cands)  # the samples differ
     texts, best = nla.pick_best(cands, v)
     each = torch.stack([nla.score([c[j] for c in cands], v)["mse_nrm"] for j in range(4)], 1)
-    assert torch.equal(each.argmin(1), torch.tensor(best))
+    # the pick is a nearest candidate (scored in other batches, so compared with a tolerance, not by index)
+    assert bool((each.gather(1, torch.tensor(best)[:, None])[:, 0] <= each.min(1).values + 1e-4).all())
     assert texts == [c[j] for c, j in zip(cands, best, strict=True)]
     assert nla.verbalize(v, best_of=4, max_new_tokens=16) == texts
     assert nla.pick_best([[t] for t in texts], v) == (texts, [0] * 6)

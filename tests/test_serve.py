@@ -105,7 +105,7 @@ def test_explain_best_of_is_the_library_pick(client, nla):
     greedy = nla.explain(TEXT, [2, 3, 4], max_new_tokens=8)
     assert [r["explanation"] for r in rows] == [w.explanation for w in want]
     # the greedy text is one of the candidates, so the pick reconstructs at least as well
-    assert all(w.mse_nrm <= g.mse_nrm + 1e-6 for w, g in zip(want, greedy, strict=True))
+    assert all(w.mse_nrm <= g.mse_nrm + 1e-4 for w, g in zip(want, greedy, strict=True))
 
 
 def test_explain_chosen_positions_in_small_batches(client):
