@@ -13,6 +13,7 @@ import torch
 
 from nlakit.config import SFTConfig
 from nlakit.dataset import Pairs
+from nlakit.errors import NlakitError
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE, ModelMeta
 from nlakit.train.loop import (
     Metrics,
@@ -148,3 +149,12 @@ def shuffled(vectors: torch.Tensor, seed: int) -> torch.Tensor:
     """The same vectors in another order: the shuffled-activation control."""
     perm = np.random.default_rng(seed).permutation(len(vectors))
     return vectors[perm]
+
+
+def check_init_from(src: Path, have: ModelMeta, want: ModelMeta, verb: str) -> None:
+    """A trained AR or AV continued on new data must work at the data's layer and width."""
+    if (have.d_model, have.extraction_layer_index) != (want.d_model, want.extraction_layer_index):
+        raise NlakitError(
+            f"init_from {src} {verb} layer {have.extraction_layer_index} (d={have.d_model}), "
+            f"unlike the data (layer {want.extraction_layer_index}, d={want.d_model})"
+        )

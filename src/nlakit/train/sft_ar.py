@@ -14,14 +14,13 @@ import torch
 from nlakit.ar import AR
 from nlakit.config import SFTConfig, dump_config
 from nlakit.dataset import load_pairs
-from nlakit.errors import NlakitError
 from nlakit.injection import find_marker
 from nlakit.maths import fve_nrm, meannorm_baseline, mse_nrm, rawvar_baseline
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
 from nlakit.models import load_tokenizer
 from nlakit.nla import resolve_nla_path
 from nlakit.train.loop import add_lora, start_run
-from nlakit.train.sft import run_sft, sft_model_meta
+from nlakit.train.sft import check_init_from, run_sft, sft_model_meta
 
 
 def evaluate_ar(ar: AR, vectors: torch.Tensor, texts: list[str], rawvar: float) -> dict[str, float]:
@@ -51,11 +50,7 @@ def train_ar(cfg: SFTConfig) -> dict[str, float]:
         # adapt a trained AR (e.g. to the AV's text on new registers): its adapter, head and sidecar carry on
         src = resolve_nla_path(cfg.init_from) / "ar"
         ar = AR.from_pretrained(src, device=cfg.device, dtype=cfg.dtype, trainable=True)
-        if (ar.meta.d_model, ar.meta.extraction_layer_index) != (meta.d_model, meta.extraction_layer_index):
-            raise NlakitError(
-                f"init_from {src} reconstructs layer {ar.meta.extraction_layer_index} (d={ar.meta.d_model}), "
-                f"unlike the data (layer {meta.extraction_layer_index}, d={meta.d_model})"
-            )
+        check_init_from(src, ar.meta, meta, "reconstructs")
         ar.meta = replace(
             meta, tokens=ar.meta.tokens, prompt_templates=ar.meta.prompt_templates, parent_checkpoints=[str(src)]
         )

@@ -20,7 +20,7 @@ from nlakit.maths import fve_nrm
 from nlakit.meta import AV_TEMPLATE
 from nlakit.nla import resolve_nla_path, score_texts
 from nlakit.train.loop import add_lora, start_run
-from nlakit.train.sft import run_sft, sft_model_meta, shuffled
+from nlakit.train.sft import check_init_from, run_sft, sft_model_meta, shuffled
 
 
 def train_av(cfg: SFTConfig) -> dict[str, float]:
@@ -46,11 +46,7 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
         # injection scale carry on, since the vectors must reach it as they did in its training
         src = resolve_nla_path(cfg.init_from) / "av"
         av = AV.from_pretrained(src, device=cfg.device, dtype=cfg.dtype, trainable=True)
-        if (av.meta.d_model, av.meta.extraction_layer_index) != (meta.d_model, meta.extraction_layer_index):
-            raise NlakitError(
-                f"init_from {src} reads layer {av.meta.extraction_layer_index} (d={av.meta.d_model}), "
-                f"unlike the data (layer {meta.extraction_layer_index}, d={meta.d_model})"
-            )
+        check_init_from(src, av.meta, meta, "reads")
         av.meta = replace(
             meta,
             tokens=av.meta.tokens,
