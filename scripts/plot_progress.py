@@ -25,6 +25,13 @@ STAGES = (  # (log file, metric, label, line style)
     ("rl_continue_attempt_metrics.jsonl", "val_fve_nrm", "v2 try: more RL, fresh optimizer (abandoned)", ":"),
     ("ar_adapt_metrics.jsonl", "val_fve_nrm", "v2: AR adapted to AV text (210 wiki+chat+code rows)", "-"),
     ("ar_adapt_v3e2_metrics.jsonl", "val_fve_nrm", "v3: + news/instructions, 2 epochs (330 rows; v3 = epoch 1)", "-"),
+    # its ~0.9 CPU-h of best-of-8 generation is not in the log's step times
+    (
+        "expert_iter_metrics.jsonl",
+        "val_fve_nrm",
+        "expert iteration on best-of-8 picks (128 of the 330; v4 there: 0.330)",
+        ":",
+    ),
 )
 GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 

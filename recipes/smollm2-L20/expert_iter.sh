@@ -25,7 +25,7 @@ ds.write_parquet(out / ds.part_name(0), table.take(keep))
 meta = replace(meta, dataset_id=meta.dataset_id + "__ei1200", row_count=len(keep), parent_datasets=[meta.dataset_id], created_at=None)
 write_dataset_meta(out, meta)  # last: its presence marks the step done
 PY
-# 2. best of 8 by the shipped AR for the first 448 of them (about 1 rollout/s on 2 CPU cores: 65 min; all 1,200
+# 2. best of 8 by the shipped AR for the first 448 of them (about 1 rollout/s on 2 CPU cores: 55 min; all 1,200
 #    would take 2.7 h). Session 9 seeded ei_best8_448 with the explanation cache of an interrupted run over all
 #    1,200 rows (runs/smollm2-L20/ei_best8): the same rows in the same 64-row batches and seeds, so the same texts.
 $NLA datagen $R/ei_rows --provider nla --model $SHIP --best-of 8 --max-rows 448 --out $R/ei_best8_448
