@@ -36,7 +36,7 @@ for name, cases, seed in (("dev", STEER_DEV_CASES, 1), ("test", [*STEER_CASES, R
     variants = {"greedy": prep, "mean8": [], "pick8": []}
     for p in prep:
         prompt, word, ids, pos, h, original, edits, rec, rand, target = p
-        cands = nla.candidates(h, K, max_new_tokens=120)[0]
+        cands = nla.candidates(h, K, max_new_tokens=cfg.max_new_tokens)[0]
         cands = [c or "(empty)" for c in cands]
         scores = nla.candidate_scores([cands], h)[0]
         texts = []
@@ -53,25 +53,16 @@ for name, cases, seed in (("dev", STEER_DEV_CASES, 1), ("test", [*STEER_CASES, R
         variants["pick8"].append((prompt, word, ids, pos, h, cands[b], edits, r[b], rand, target))
     for v, pp in variants.items():
         for form in EDIT_FORMS:
-            for a in (0.25, 0.5, 1.0, 2.0):
+            for a in cfg.steer_alphas:
                 s = _steer_setting(nla, pp, form, a)
-                out[f"{name}/{v}/{form}@{a:g}"] = {
+                key = f"{name}/{v}/{form}@{a:g}"
+                out[key] = {
                     "wins": s["wins"],
                     "n": s["n"],
                     "shift": s["shift_mean"],
                     "rnd": s["shift_random_mean"],
                     "win_cases": [c["concept"] for c in s["cases"] if c["win"]],
                 }
-                print(
-                    name,
-                    v,
-                    form,
-                    a,
-                    s["wins"],
-                    s["n"],
-                    round(s["shift_mean"], 3),
-                    [c["concept"] for c in s["cases"] if c["win"]],
-                    flush=True,
-                )
+                print(key, out[key], flush=True)
     print(name, "took", time.time() - t, flush=True)
 atomic_write_text("reports/smollm2-135m-L20/v4/steering_candidates.json", json.dumps(out, indent=1))
