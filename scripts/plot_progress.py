@@ -32,6 +32,9 @@ STAGES = (  # (log file, metric, label, line style)
         "expert iteration on best-of-8 picks (128 of the 330; v4 there: 0.330)",
         ":",
     ),
+    ("expert_iter_lr5e-4_metrics.jsonl", "val_fve_nrm", "expert iteration at lr 5e-4 (same 128 rows; stopped)", ":"),
+    ("ar_quote_metrics.jsonl", "val_fve_nrm", "v5: AR learns the {quote} template (330 rows; v4: 0.209)", "-"),
+    ("ar_quote_control_metrics.jsonl", "val_fve_nrm", "control: same data and steps, reference template", ":"),
 )
 GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 

@@ -4,6 +4,8 @@ iteration: `--best-of N` keeps the AR's pick per row, and `nla train av init_fro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -83,3 +85,23 @@ def test_expert_iteration_data_and_av_init_from(nla_dir, tiny_pairs, tmp_path):
     assert meta.injection_scale == nla.av.meta.injection_scale and meta.prompt_templates == nla.av.meta.prompt_templates
     again = NLA.from_pretrained(nla_dir[0], av=tmp_path / "av" / "av", dtype="float32")
     assert again.verbalize(vec[:4], max_new_tokens=12) == nla.verbalize(vec[:4], max_new_tokens=12)
+
+
+def test_ar_init_from_can_switch_to_the_quote_template(av_explained, nla_dir, tmp_path):
+    """`ar_template=` names a new reading for an adapted AR: the sidecar records it (and its fixed suffix ids), and
+    a reload reads with it; a template without {explanation} is refused before any training."""
+    from nlakit.errors import NlakitError
+    from nlakit.injection import critic_suffix_ids
+    from nlakit.meta import AR_QUOTE_TEMPLATE
+
+    data, _ = av_explained
+    pairs = {"train": data, "val": data}
+    cfg = sft_config(pairs, tmp_path / "q", init_from=str(nla_dir[0]), max_steps=2, eval_every=2)
+    train_ar(replace(cfg, ar_template=AR_QUOTE_TEMPLATE))
+    meta = read_model_meta(tmp_path / "q" / "ar")
+    assert meta.ar_template == AR_QUOTE_TEMPLATE and meta.parent_checkpoints == [str(nla_dir[0] / "ar")]
+    nla = NLA.from_pretrained(tmp_path / "q", ar=tmp_path / "q" / "ar", dtype="float32")
+    assert meta.tokens.critic_suffix_ids == critic_suffix_ids(nla.ar.tok, AR_QUOTE_TEMPLATE)
+    assert nla.ar.prompts(['it reads "x y"'])[0].endswith("<summary> x y")
+    with pytest.raises(NlakitError, match="ar_template must contain"):
+        train_ar(replace(cfg, out=str(tmp_path / "bad"), ar_template="no slot"))

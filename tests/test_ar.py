@@ -110,3 +110,35 @@ def test_full_weight_ar_with_wrong_layer_count_is_refused(ar, tmp_path):
     side.write_text(yaml.safe_dump(data))
     with pytest.raises(NlakitError, match="config.json has 3 layers"):
         AR.from_pretrained(tmp_path / "ar")
+
+
+def test_quoted_span_takes_the_first_quote_whole():
+    from nlakit.ar import quoted_span
+
+    av = 'Genre: prose on cells.\n\nThe current clause reads "such as bacterial, viral".\n\nThe final token "viral" is'
+    assert quoted_span(av) == " such as bacterial, viral"
+    # a quoted clause holding marks itself, and the grounded format's one-line fields
+    assert quoted_span('Prose.\nRecent words: "a "big" one".\nCurrent token: "one"') == ' a "big" one'
+    assert quoted_span("The clause reads \u201cin the south\u201d.") == " in the south"
+    assert quoted_span('The phrase is "left open\nnext line') == " left open"
+    assert quoted_span("no quote at all") == quoted_span('empty "" quote') == ""
+
+
+def test_quote_template_ends_the_prompt_with_the_quote():
+    """With {quote}, the AR's last token is the quote's last token, so at init (identity head, no adapter) it predicts
+    the target's own state after re-reading the quoted words."""
+    from nlakit.meta import AR_QUOTE_TEMPLATE, AR_TEMPLATE, AV_TEMPLATE
+
+    plain = AR.from_base("tiny", _meta(), dtype="float32")
+    quoting = AR.from_base(
+        "tiny", _meta(prompt_templates={"av": AV_TEMPLATE, "ar": AR_QUOTE_TEMPLATE}), dtype="float32"
+    )
+    text = 'The current clause reads "the capital of France".'
+    assert quoting.prompts([text]) == [AR_TEMPLATE.format(explanation=text) + " the capital of France"]
+    assert quoting.prompts(["no quote"]) == plain.prompts(["no quote"])
+    full = load_backbone("tiny", dtype="float32")
+    cap = LayerCapture(full, [K])
+    with torch.no_grad():
+        full(input_ids=quoting.encode([text])[0])
+    torch.testing.assert_close(quoting.reconstruct([text])[0], cap.outputs[K][0, -1], atol=1e-5, rtol=0)
+    assert not torch.allclose(quoting.reconstruct([text])[0], plain.reconstruct([text])[0])

@@ -16,6 +16,20 @@ from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
 from nlakit.models import final_norm_to_identity, load_backbone, load_config, load_tokenizer, model_device
 
 VALUE_HEAD = "value_head.safetensors"
+QUOTE_MARKS = '"\u201c\u201d'
+
+
+def quoted_span(explanation: str) -> str:
+    """What a `{quote}` AR template repeats: the first quote of the explanation, i.e. on the first line holding a
+    quote mark, the text from its first mark to its last (a quoted clause may hold marks itself; an unclosed quote
+    runs to the line's end). One leading space, so its first word tokenises as it does mid-text; '' if none."""
+    for line in explanation.splitlines():
+        marks = [i for i, c in enumerate(line) if c in QUOTE_MARKS]
+        if marks:
+            a, b = marks[0], marks[-1]
+            span = (line[a + 1 : b] if b > a else line[a + 1 :]).strip()
+            return " " + span if span else ""
+    return ""
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -55,7 +69,7 @@ class AR(torch.nn.Module):
         return self.value_head.weight.device
 
     def prompts(self, explanations: list[str]) -> list[str]:
-        return [self.meta.ar_template.format(explanation=e) for e in explanations]
+        return [self.meta.ar_template.format(explanation=e, quote=quoted_span(e)) for e in explanations]
 
     def encode(self, explanations: list[str], max_length: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids with special tokens added (BOS where the tokenizer uses one, as in extraction).

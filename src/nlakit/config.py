@@ -113,6 +113,8 @@ class SFTConfig:
     max_length: int = 512
     injection_scale: float | None = None  # AV: None picks a round number a bit above the mean activation norm
     av_template: str | None = None  # AV prompt with one {injection_char}; None = the reference's template
+    # AR prompt with {explanation} and optionally {quote} (nlakit's meta.AR_QUOTE_TEMPLATE); None = the reference's
+    ar_template: str | None = None
 
 
 @dataclass

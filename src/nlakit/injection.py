@@ -46,8 +46,9 @@ def canonical_neighbors(tok, template: str, char: str, marker_id: int) -> tuple[
 
 
 def critic_suffix_ids(tok, ar_template: str = AR_TEMPLATE) -> list[int]:
-    """The AR prompt's closing tokens, minus the first (it can BPE-merge with the explanation's last character)."""
-    suffix = ar_template.split("{explanation}", 1)[1]
+    """The AR prompt's closing tokens, minus the first (it can BPE-merge with the explanation's last character).
+    A `{quote}` template's tokens after the quote vary with the text, so the fixed suffix stops before it."""
+    suffix = ar_template.split("{explanation}", 1)[1].split("{quote}", 1)[0]
     return tok.encode(suffix, add_special_tokens=False)[1:]
 
 

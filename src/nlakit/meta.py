@@ -34,6 +34,11 @@ AV_TEMPLATE = (
     "that vector.\n\nHere is the vector:\n\n<concept>{injection_char}</concept>\n\nPlease provide an explanation."
 )
 AR_TEMPLATE = "Summary of the following text: <text>{explanation}</text> <summary>"
+# nlakit's extension, not the reference's: the explanation's quote once more after the template (`ar.quoted_span`), so
+# that the AR's last token is the quoted words' last token. The truncated target then re-reads those words in order
+# as it read the original context, and the layer-K state it reaches there is most of the vector (recipes/smollm2-L20:
+# the last 4 words of a context, rerun alone, explain 0.55 of its variance before any training).
+AR_QUOTE_TEMPLATE = AR_TEMPLATE + "{quote}"
 REFERENCE_MAX_NEW_TOKENS = 200  # nla_inference.NLAClient's default; RL trained with a 150-token cap
 
 

@@ -37,6 +37,7 @@ def sft_model_meta(
     injection_scale: float | None,
     loss_type: str,
     av_template: str = AV_TEMPLATE,
+    ar_template: str = AR_TEMPLATE,
     **training,
 ) -> ModelMeta:
     """The model sidecar an SFT recipe writes: what the vectors are, the marker, templates and training summary."""
@@ -48,7 +49,7 @@ def sft_model_meta(
         injection_scale=injection_scale,
         mse_scale=math.sqrt(ext.d_model),
         tokens=tokens,
-        prompt_templates={"av": av_template, "ar": AR_TEMPLATE},
+        prompt_templates={"av": av_template, "ar": ar_template},
         stage="sl",
         base_checkpoint=cfg.base or ext.base_model,
         target=ext.base_model,

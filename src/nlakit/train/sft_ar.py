@@ -14,6 +14,7 @@ import torch
 from nlakit.ar import AR
 from nlakit.config import SFTConfig, dump_config
 from nlakit.dataset import load_pairs
+from nlakit.errors import NlakitError
 from nlakit.injection import find_marker
 from nlakit.maths import fve_nrm, meannorm_baseline, mse_nrm, rawvar_baseline
 from nlakit.meta import AR_TEMPLATE, AV_TEMPLATE
@@ -35,24 +36,32 @@ def train_ar(cfg: SFTConfig) -> dict[str, float]:
     ext = train.meta.extraction
     base = cfg.base or ext.base_model
     tok = load_tokenizer(base)
+    ar_template = cfg.ar_template or AR_TEMPLATE
+    if ar_template.count("{explanation}") != 1 or ar_template.count("{quote}") > 1:
+        raise NlakitError("ar_template must contain {explanation} once (and {quote} at most once)")
     # the FVE denominators of the training distribution go in the sidecar, so inference can report fve_nrm
     meta = sft_model_meta(
         "ar",
         cfg,
         train,
-        find_marker(tok, AV_TEMPLATE, AR_TEMPLATE),
+        find_marker(tok, AV_TEMPLATE, ar_template),
         injection_scale=None,
         loss_type="mse_nrm",
         rawvar_baseline=rawvar_baseline(train.vectors),
         meannorm_baseline=meannorm_baseline(train.vectors),
+        ar_template=ar_template,
     )
     if cfg.init_from:
         # adapt a trained AR (e.g. to the AV's text on new registers): its adapter, head and sidecar carry on
         src = resolve_nla_path(cfg.init_from) / "ar"
         ar = AR.from_pretrained(src, device=cfg.device, dtype=cfg.dtype, trainable=True)
         check_init_from(src, ar.meta, meta, "reconstructs")
+        keep = not cfg.ar_template  # its template (and suffix ids) carry on unless the config names a new one
         ar.meta = replace(
-            meta, tokens=ar.meta.tokens, prompt_templates=ar.meta.prompt_templates, parent_checkpoints=[str(src)]
+            meta,
+            tokens=ar.meta.tokens if keep else meta.tokens,
+            prompt_templates={**ar.meta.prompt_templates, **({} if keep else {"ar": ar_template})},
+            parent_checkpoints=[str(src)],
         )
     else:
         ar = AR.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
