@@ -45,3 +45,20 @@ def test_demo_prints_explanations(nla_dir):
     res = CliRunner().invoke(app, ["demo", "The cat sat on the mat.", "--nla", str(nla_dir[0]), "--positions", "2,3"])
     assert res.exit_code == 0, res.output
     assert "explanation" in res.output and "fve" in res.output
+
+
+def test_merged_export_refuses_a_quote_template_ar(lora_nla, tmp_path):
+    """The reference's critic would read a {quote} AR without its quote: the reference layout is refused for it."""
+    import shutil
+    from dataclasses import replace
+
+    from nlakit.meta import AR_QUOTE_TEMPLATE, read_model_meta, write_model_meta
+    from nlakit.nla import export
+
+    src = tmp_path / "quote_nla"
+    shutil.copytree(lora_nla, src)
+    meta = read_model_meta(src / "ar")
+    write_model_meta(src / "ar", replace(meta, prompt_templates={**meta.prompt_templates, "ar": AR_QUOTE_TEMPLATE}))
+    with pytest.raises(NlakitError, match="without --merge"):
+        export(src, tmp_path / "merged", merge=True)
+    assert not (tmp_path / "merged").exists()

@@ -426,6 +426,12 @@ def export_merged(
     if dest.resolve() == src.resolve():
         raise NlakitError("export needs a destination other than the source folder")
     nla = NLA.from_pretrained(src, dtype="float32", target=target)  # adapters merged on load (trainable=False)
+    if nla.ar is not None and "{quote}" in nla.ar.meta.ar_template:
+        # the reference's critic builds its prompt without the quote, so it would read this AR wrongly, and silently
+        raise NlakitError(
+            "this AR reads with nlakit's {quote} template, which the reference's code does not fill; "
+            "export it without --merge (nlakit's layout keeps the template)"
+        )
     sizes: dict[str, int] = {}
     with _quiet_transformers(), umask_modes(dest):
         if nla.av is not None:
