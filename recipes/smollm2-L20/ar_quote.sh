@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# v5 candidate: the shipped AR re-trained to read the quote (ar_quote.yaml), then the held-out eval of the shipped AV
+# v5 (shipped): v4's AR re-trained to read the quote (ar_quote.yaml), then the held-out eval of v4's AV
 # with it. Every stage resumes, so after an interruption run it again:
 #     nohup recipes/smollm2-L20/ar_quote.sh > runs/smollm2-L20/ar_quote.log 2>&1 &
 set -euo pipefail
