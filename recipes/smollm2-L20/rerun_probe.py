@@ -31,7 +31,8 @@ def tail_words(context: str, k: int) -> str:
 
 
 def rerun(nla: NLA, texts: list[str]) -> torch.Tensor:
-    return torch.stack([nla.activations(t)[1][-1] for t in texts])
+    """The target's layer-K state at the last token of each text, run alone (an empty text reads as ".")."""
+    return torch.stack([nla.activations(t if t.strip() else ".")[1][-1] for t in texts])
 
 
 def unit(v: torch.Tensor) -> np.ndarray:

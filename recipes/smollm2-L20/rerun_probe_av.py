@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rerun_probe import apply, rerun, unit  # this folder is on sys.path when the script runs
 
 from nlakit import dataset as ds
-from nlakit.maths import fve_nrm, mse_nrm, normalize
+from nlakit.maths import fve_nrm, mse_nrm
 from nlakit.nla import NLA
 
 R = Path("runs/smollm2-L20")
@@ -39,23 +40,11 @@ def clause_and_token(explanation: str) -> tuple[str, str]:
     return clause, token
 
 
-def unit(v: torch.Tensor) -> np.ndarray:
-    return normalize(v.float(), v.shape[-1] ** 0.5).numpy()
-
-
-def last_state(nla: NLA, texts: list[str]) -> torch.Tensor:
-    return torch.stack([nla.activations(t if t.strip() else ".")[1][-1] for t in texts])
-
-
 def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     x1 = np.hstack([x, np.ones((len(x), 1))])
     reg = lam * np.eye(x1.shape[1])
     reg[-1, -1] = 0
     return np.linalg.solve(x1.T @ x1 + reg, x1.T @ y)
-
-
-def ridge_pred(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.hstack([x, np.ones((len(x), 1))]) @ w
 
 
 def score(pred: np.ndarray, gold: np.ndarray, rawvar: float) -> float:
@@ -66,10 +55,9 @@ def cv_lambda(x: np.ndarray, y: np.ndarray, rawvar: float) -> float:
     folds = np.array_split(np.random.default_rng(0).permutation(len(x)), 5)
     best = None
     for lam in LAMS:
-        s = np.mean([
-            score(ridge_pred(ridge_fit(np.delete(x, f, 0), np.delete(y, f, 0), lam), x[f]), y[f], rawvar)
-            for f in folds
-        ])
+        s = np.mean(
+            [score(apply(ridge_fit(np.delete(x, f, 0), np.delete(y, f, 0), lam), x[f]), y[f], rawvar) for f in folds]
+        )
         best = max(best or (s, lam), (s, lam))
     return best[1]
 
@@ -85,9 +73,9 @@ def main() -> None:
     for s in data:
         parts = [clause_and_token(e) for e in expl[s]]
         feats[s] = {
-            "clause": unit(last_state(nla, [c for c, _ in parts])),
-            "token": unit(last_state(nla, [t for _, t in parts])),
-            "ar": unit(torch.cat([nla.reconstruct(expl[s][i : i + 32]) for i in range(0, len(expl[s]), 32)])),
+            "clause": unit(rerun(nla, [c for c, _ in parts])),
+            "token": unit(rerun(nla, [t for _, t in parts])),
+            "ar": unit(nla.reconstruct(expl[s])),
         }
         print(s, "features done", flush=True)
     out = {"rows": {s: len(expl[s]) for s in data}, "ar_alone": score(feats["val"]["ar"], gold["val"], rawvar)}
@@ -95,7 +83,7 @@ def main() -> None:
     for combo in (["clause"], ["token"], ["clause", "token"], ["ar"], ["ar", "clause"], ["ar", "clause", "token"]):
         x = {s: np.hstack([feats[s][c] for c in combo]) for s in data}
         lam = cv_lambda(x["train"], gold["train"], rawvar)
-        val = score(ridge_pred(ridge_fit(x["train"], gold["train"], lam), x["val"]), gold["val"], rawvar)
+        val = score(apply(ridge_fit(x["train"], gold["train"], lam), x["val"]), gold["val"], rawvar)
         out["+".join(combo)] = {"lambda_cv": lam, "val_fve_nrm": val}
         print("+".join(combo), lam, round(val, 3), flush=True)
     Path("reports/smollm2-135m-L20/rerun_probe_av.json").write_text(json.dumps(out, indent=1) + "\n")

@@ -31,14 +31,14 @@ def evaluate_ar(ar: AR, vectors: torch.Tensor, texts: list[str], rawvar: float) 
 
 
 def train_ar(cfg: SFTConfig) -> dict[str, float]:
+    ar_template = cfg.ar_template or AR_TEMPLATE
+    if ar_template.count("{explanation}") != 1 or ar_template.count("{quote}") > 1:
+        raise NlakitError("ar_template must contain {explanation} once (and {quote} at most once)")
     start_run(Path(cfg.out) / "train_ar", dump_config(cfg), cfg.seed)
     train = load_pairs(cfg.data, cfg.explanation_column)
     ext = train.meta.extraction
     base = cfg.base or ext.base_model
     tok = load_tokenizer(base)
-    ar_template = cfg.ar_template or AR_TEMPLATE
-    if ar_template.count("{explanation}") != 1 or ar_template.count("{quote}") > 1:
-        raise NlakitError("ar_template must contain {explanation} once (and {quote} at most once)")
     # the FVE denominators of the training distribution go in the sidecar, so inference can report fve_nrm
     meta = sft_model_meta(
         "ar",
@@ -56,13 +56,11 @@ def train_ar(cfg: SFTConfig) -> dict[str, float]:
         src = resolve_nla_path(cfg.init_from) / "ar"
         ar = AR.from_pretrained(src, device=cfg.device, dtype=cfg.dtype, trainable=True)
         check_init_from(src, ar.meta, meta, "reconstructs")
-        keep = not cfg.ar_template  # its template (and suffix ids) carry on unless the config names a new one
-        ar.meta = replace(
-            meta,
-            tokens=ar.meta.tokens if keep else meta.tokens,
-            prompt_templates={**ar.meta.prompt_templates, **({} if keep else {"ar": ar_template})},
-            parent_checkpoints=[str(src)],
-        )
+        if cfg.ar_template:  # a new way of reading: the new template and its suffix ids
+            tokens, templates = meta.tokens, {**ar.meta.prompt_templates, "ar": ar_template}
+        else:  # its template and suffix ids carry on
+            tokens, templates = ar.meta.tokens, ar.meta.prompt_templates
+        ar.meta = replace(meta, tokens=tokens, prompt_templates=templates, parent_checkpoints=[str(src)])
     else:
         ar = AR.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
         if cfg.lora:
