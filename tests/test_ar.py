@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -112,13 +113,20 @@ def test_full_weight_ar_with_wrong_layer_count_is_refused(ar, tmp_path):
         AR.from_pretrained(tmp_path / "ar")
 
 
-def test_quoted_span_takes_the_first_quote_whole():
+def test_quoted_span_takes_the_main_quote_whole_wherever_it_stands():
     from nlakit.ar import quoted_span
+    from nlakit.paraphrase import shuffle_units
 
-    av = 'Genre: prose on cells.\n\nThe current clause reads "such as bacterial, viral".\n\nThe final token "viral" is'
+    av = (
+        'Genre: prose on cells.\n\nThe current clause reads "such as bacterial, viral".\n\n'
+        'The final token "viral" is a content word; the model expects "infections", "and", "diseases" next.'
+    )
     assert quoted_span(av) == " such as bacterial, viral"
+    # by length, not position: the final-token paragraph first (eval's sentence_shuffle probe) reads the same quote
+    for seed in range(6):
+        assert quoted_span(shuffle_units(av, random.Random(seed))) == " such as bacterial, viral"
     # a quoted clause holding marks itself, and the grounded format's one-line fields
-    assert quoted_span('Prose.\nRecent words: "a "big" one".\nCurrent token: "one"') == ' a "big" one'
+    assert quoted_span('Prose.\nRecent words: "a big "red" one".\nCurrent token: "one"') == ' a big "red" one'
     assert quoted_span("The clause reads \u201cin the south\u201d.") == " in the south"
     assert quoted_span('The phrase is "left open\nnext line') == " left open"
     assert quoted_span("no quote at all") == quoted_span('empty "" quote') == ""

@@ -117,6 +117,25 @@ def test_rl_run_writes_metrics_curves_and_an_nla(nla_dir, tiny_pairs, tmp_path):
     assert nla.av.meta.stage == "rl" and len(nla.verbalize(torch.randn(2, 64), max_new_tokens=8)) == 2
 
 
+def test_rl_with_a_frozen_ar_trains_only_the_av(nla_dir, tiny_pairs, tmp_path):
+    """ar_updates=0: the AV learns against a fixed critic; the written AR is the source AR, weight for weight."""
+    train_rl(_cfg(nla_dir, tiny_pairs, tmp_path, max_steps=2, save_every=2, ar_updates=0))
+    src, out = NLA.from_pretrained(nla_dir[0], dtype="float32"), NLA.from_pretrained(tmp_path, dtype="float32")
+    for (name, a), (_, b) in zip(src.ar.named_parameters(), out.ar.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    moved = [not torch.equal(a, b) for a, b in zip(src.av.model.parameters(), out.av.model.parameters(), strict=True)]
+    assert any(moved)
+    rows = [json.loads(ln) for ln in (tmp_path / "train_rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["ar_loss"] for r in rows] == [0.0, 0.0]
+
+
+def test_rl_refuses_negative_ar_updates(nla_dir, tiny_pairs, tmp_path):
+    from nlakit.errors import NlakitError
+
+    with pytest.raises(NlakitError, match="ar_updates"):
+        train_rl(_cfg(nla_dir, tiny_pairs, tmp_path, ar_updates=-1))
+
+
 def test_rl_resume_equals_uninterrupted(nla_dir, tiny_pairs, tmp_path):
     train_rl(_cfg(nla_dir, tiny_pairs, tmp_path / "a", max_steps=4))
     train_rl(_cfg(nla_dir, tiny_pairs, tmp_path / "b", max_steps=2))

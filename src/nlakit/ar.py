@@ -19,17 +19,28 @@ VALUE_HEAD = "value_head.safetensors"
 QUOTE_MARKS = '"\u201c\u201d'
 
 
+def _first_quote_length(line: str) -> int:
+    """Length of a line's first quoted segment (to the line's end if unclosed); -1 without a quote mark. The first
+    segment, not all quoted text: the final-token line quotes one word, then several next-token guesses."""
+    marks = [i for i, c in enumerate(line) if c in QUOTE_MARKS]
+    if not marks:
+        return -1
+    return (marks[1] if len(marks) > 1 else len(line)) - marks[0]
+
+
 def quoted_span(explanation: str) -> str:
-    """What a `{quote}` AR template repeats: the first quote of the explanation, i.e. on the first line holding a
-    quote mark, the text from its first mark to its last (a quoted clause may hold marks itself; an unclosed quote
-    runs to the line's end). One leading space, so its first word tokenises as it does mid-text; '' if none."""
-    for line in explanation.splitlines():
-        marks = [i for i, c in enumerate(line) if c in QUOTE_MARKS]
-        if marks:
-            a, b = marks[0], marks[-1]
-            span = (line[a + 1 : b] if b > a else line[a + 1 :]).strip()
-            return " " + span if span else ""
-    return ""
+    """What a `{quote}` AR template repeats: the explanation's main quote. That is the line whose first quoted
+    segment is the longest (the quoted clause, not the final token's one-word quotes), from its first mark to its
+    last (a quoted clause may hold marks itself; an unclosed quote runs to the line's end). Chosen by length, not
+    position, so reordering the explanation's paragraphs does not change what the AR re-reads. One leading space,
+    so its first word tokenises as it does mid-text; '' if none."""
+    line = max(explanation.splitlines() or [""], key=_first_quote_length)  # ties: the first such line
+    marks = [i for i, c in enumerate(line) if c in QUOTE_MARKS]
+    if not marks:
+        return ""
+    a, b = marks[0], marks[-1]
+    span = (line[a + 1 : b] if b > a else line[a + 1 :]).strip()
+    return " " + span if span else ""
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -148,7 +148,9 @@ class RLConfig:
     eval_rows: int = 64
     sample_every: int = 10
     log_every: int = 1
-    ar_updates: int = 1  # AR optimizer steps per batch of fresh explanations: lets the AR keep up with the AV
+    # AR optimizer steps per batch of fresh explanations: >1 lets the AR keep up with the AV; 0 freezes the AR, so the
+    # AV learns against a fixed critic (a short CPU run, where a drifting AR costs more than it gives)
+    ar_updates: int = 1
 
 
 def _at_least(cfg: Any, **bounds: float) -> None:

@@ -148,8 +148,8 @@ def setup(cfg: RLConfig) -> tuple[RLRun, int]:
     Returns the run and the step to start from."""
     if cfg.group_size < 2:
         raise NlakitError("group_size must be at least 2 (GRPO compares samples within a group)")
-    if cfg.ar_updates < 1:
-        raise NlakitError("ar_updates must be at least 1")
+    if cfg.ar_updates < 0:
+        raise NlakitError("ar_updates must be 0 (a frozen AR) or more")
     rank, world = dist.init(cfg.device)
     if cfg.prompts_per_step < world:
         raise NlakitError(f"prompts_per_step={cfg.prompts_per_step} is less than the {world} processes; raise it")
@@ -158,7 +158,10 @@ def setup(cfg: RLConfig) -> tuple[RLRun, int]:
     start_run(run_dir, dump_config(cfg), cfg.seed + rank)
     av = AV.from_pretrained(src / "av", device=cfg.device, dtype=cfg.dtype, trainable=True)
     ar = AR.from_pretrained(src / "ar", device=cfg.device, dtype=cfg.dtype, trainable=True)
-    ar.value_head.weight.requires_grad_(True)
+    if cfg.ar_updates:
+        ar.value_head.weight.requires_grad_(True)
+    else:  # a frozen critic: no AR gradients, and its parameters stay out of the optimizer
+        ar.requires_grad_(False)
     av_params = [p for p in av.model.parameters() if p.requires_grad]
     ar_params = [p for p in ar.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -264,7 +267,7 @@ def train_step(run: RLRun, step: int) -> dict:
 
     # 4. AR update(s) on the same fresh explanations; the first shares the optimizer step with the AV's
     ar_loss = torch.tensor(0.0)
-    texts, target = ar_batch(run, rollout, gold, ok, step)
+    texts, target = ar_batch(run, rollout, gold, ok, step) if cfg.ar_updates else ([], gold[:0])
     for update in range(cfg.ar_updates if texts else 0):
         with autocast:
             ar_loss = ar.loss(texts, target)
