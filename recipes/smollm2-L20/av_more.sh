@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # v6 candidate: the shipped AV, trained on more of the teacher's data. It had seen only 4,800 of the 24,032 wiki
 # training pairs (av_sft.yaml's first run, 300 steps), with its validation loss still falling; here it continues
-# on 6,400 more (av_more.yaml), a seeded sample of the whole training split, explained by the current teacher.
+# on more (av_more.yaml), from a seeded sample of 6,400 rows of the whole training split, explained by the current
+# teacher. Session 11 stopped it at step 90 of 160: worse than the shipped AV through v5's AR (recipe README).
 # v5's AR scores its greedy text during training (copied to out/ar). Every stage resumes; after an interruption:
 #     nohup recipes/smollm2-L20/av_more.sh > runs/smollm2-L20/av_more.log 2>&1 &
 set -euo pipefail
