@@ -19,10 +19,13 @@ VALUE_HEAD = "value_head.safetensors"
 QUOTE_MARKS = '"\u201c\u201d'
 
 
-def _first_quote_length(line: str) -> int:
+def _quote_marks(line: str) -> list[int]:
+    return [i for i, c in enumerate(line) if c in QUOTE_MARKS]
+
+
+def _first_quote_length(marks: list[int], line: str) -> int:
     """Length of a line's first quoted segment (to the line's end if unclosed); -1 without a quote mark. The first
     segment, not all quoted text: the final-token line quotes one word, then several next-token guesses."""
-    marks = [i for i, c in enumerate(line) if c in QUOTE_MARKS]
     if not marks:
         return -1
     return (marks[1] if len(marks) > 1 else len(line)) - marks[0]
@@ -34,8 +37,8 @@ def quoted_span(explanation: str) -> str:
     last (a quoted clause may hold marks itself; an unclosed quote runs to the line's end). Chosen by length, not
     position, so reordering the explanation's paragraphs does not change what the AR re-reads. One leading space,
     so its first word tokenises as it does mid-text; '' if none."""
-    line = max(explanation.splitlines() or [""], key=_first_quote_length)  # ties: the first such line
-    marks = [i for i, c in enumerate(line) if c in QUOTE_MARKS]
+    lines = [(line, _quote_marks(line)) for line in explanation.splitlines()] or [("", [])]
+    line, marks = max(lines, key=lambda lm: _first_quote_length(lm[1], lm[0]))  # ties: the first such line
     if not marks:
         return ""
     a, b = marks[0], marks[-1]
