@@ -82,6 +82,29 @@ def test_eval_reads_the_split_the_recipe_wrote(tiny_pairs, tiny_corpus):
         eval_documents(EvalConfig(out="x"))
 
 
+def test_eval_reads_a_list_of_ids(tiny_pairs, tiny_corpus, tmp_path):
+    """A recipe can keep its split as a text file of ids, so a fresh clone evaluates it without re-extracting."""
+    from nlakit.dataset import read_table
+
+    val_ids = sorted(set(read_table(tiny_pairs["val"], ["doc_id"]).column("doc_id").to_pylist()))
+    listed = tmp_path / "val_ids.txt"
+    listed.write_text("\n".join(val_ids) + "\n\n", encoding="utf-8")
+    docs = eval_documents(EvalConfig(out="x", corpus=str(tiny_corpus), docs_from=str(listed)))
+    assert sorted(d.id for d in docs) == val_ids
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(NlakitError, match="no document ids"):
+        eval_documents(EvalConfig(out="x", corpus=str(tiny_corpus), docs_from=str(empty)))
+    stranger = tmp_path / "stranger.txt"
+    stranger.write_text("no-such-document\n", encoding="utf-8")
+    with pytest.raises(NlakitError, match="not in corpus"):
+        eval_documents(EvalConfig(out="x", corpus=str(tiny_corpus), docs_from=str(stranger)))
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(NlakitError, match="not UTF-8"):
+        eval_documents(EvalConfig(out="x", corpus=str(tiny_corpus), docs_from=str(binary)))
+
+
 def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     from nlakit.nla import NLA
 

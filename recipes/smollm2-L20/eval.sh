@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Held-out evaluation of an NLA for SmolLM2-135M layer 20, with another NLA's AR reading the same explanations
 # (--compare-ar), so the two columns differ only by the AR. Sets (document-level; no shipped NLA trained on them):
-#   wiki_test:        documents of v1's test split, 300 positions
+#   wiki_test:        documents of v1's test split (ids in splits/wiki_test.txt, from wiki_split_ids.py), 300
+#                     positions; the retrieval baseline and the nearest-vector oracle need the split's train
+#                     activations (runs/smollm2-L20/v1_split/train) and are left out where they are missing
 #   fiction_reviews:  24 fiction + 23 review documents written from seed-1 prompts (120 positions): registers no NLA
 #                     trained on
 #   chat_heldout:     the chat documents of the chat/code split's test part (the ARs adapted on its train part)
@@ -22,8 +24,15 @@ R=runs/smollm2-L20
 SRC=$1 CMP=$2 OUT=$3
 shift 3
 EXTRA=("$@")
+# 120 tokens: the cap every committed report used (nla eval now defaults to the AV's training cap, 110 here)
+run() { $NLA eval --nla $SRC --compare-ar $CMP --max-positions 300 --max-new-tokens 120 "${EXTRA[@]}" "$@"; }
+TRAIN=(); [ -d $R/v1_split/train ] && TRAIN=(--train-data $R/v1_split/train)
+[ -f $OUT/wiki_test/report.md ] || run --corpus wiki --docs-from recipes/smollm2-L20/splits/wiki_test.txt "${TRAIN[@]}" \
+    --out $OUT/wiki_test
 [ -f $R/synth_heldout.jsonl ] || $NLA synth --out $R/synth_heldout.jsonl --registers fiction,reviews --docs-per-register 24 --seed 1 --dtype float32
-# the chat and the code documents of the chat/code test split, as corpus files
+[ -f $OUT/fiction_reviews/report.md ] || run --texts $R/synth_heldout.jsonl --max-positions 120 --out $OUT/fiction_reviews
+# the chat and the code documents of the chat/code test split (ar_adapt.sh writes it), as corpus files
+[ -f $R/cc_split/test/nla_meta.yaml ] || { echo "no $R/cc_split: run ar_adapt.sh for the chat and code sets" >&2; exit 0; }
 [ -f $R/code_heldout.jsonl ] || .venv/bin/python - <<'PY'
 import json
 import pyarrow.parquet as pq
@@ -34,9 +43,5 @@ for register in ("chat", "code"):
     with open(f"{R}/{register}_heldout.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["register"] == register)
 PY
-# 120 tokens: the cap every committed report used (nla eval now defaults to the AV's training cap, 110 here)
-run() { $NLA eval --nla $SRC --compare-ar $CMP --max-positions 300 --max-new-tokens 120 "${EXTRA[@]}" "$@"; }
-[ -f $OUT/wiki_test/report.md ] || run --corpus wiki --docs-from $R/v1_split/test --train-data $R/v1_split/train --out $OUT/wiki_test
-[ -f $OUT/fiction_reviews/report.md ] || run --texts $R/synth_heldout.jsonl --max-positions 120 --out $OUT/fiction_reviews
 [ -f $OUT/chat_heldout/report.md ] || run --texts $R/chat_heldout.jsonl --positions-per-doc 5 --out $OUT/chat_heldout
 [ -f $OUT/code_heldout/report.md ] || run --texts $R/code_heldout.jsonl --positions-per-doc 5 --out $OUT/code_heldout

@@ -537,7 +537,8 @@ def eval_cmd(
     ] = None,
     corpus: Annotated[str | None, typer.Option(help="Corpus name (wiki) or file.")] = None,
     docs_from: Annotated[
-        Path | None, typer.Option(help="Evaluate exactly the documents of this dataset (e.g. a split's test/).")
+        Path | None,
+        typer.Option(help="Evaluate exactly these documents: a dataset (e.g. a split's test/) or a .txt of ids."),
     ] = None,
     train_data: Annotated[
         Path | None, typer.Option(help="Training activations: retrieval baseline, oracle, and a no-overlap check.")

@@ -238,7 +238,7 @@ class EvalConfig(ModelConfig):
     out: str
     texts: str | None = None  # .txt (documents separated by blank lines) or .jsonl (a `text` field)
     corpus: str | None = None
-    docs_from: str | None = None  # a dataset folder (e.g. the recipe's split/test): evaluate exactly its documents
+    docs_from: str | None = None  # a dataset (e.g. split/test) or a .txt of ids: evaluate exactly those documents
     train_data: str | None = None  # the training activations: nearest-context baseline, oracle, overlap check
     compare_ar: str | None = None  # another AR (or NLA folder): it reads the same explanations, e.g. before/after
     max_positions: int = 256

@@ -81,10 +81,20 @@ RHYME_CASE = ("He saw a carrot and had to grab it,\nHis hunger was like a starvi
 # ---------------------------------------------------------------- inputs
 
 
-def _doc_ids(dataset: str) -> list[str]:
+def _doc_ids(source: str) -> list[str]:
+    """Document ids of a dataset folder, or of a .txt file with one id per line (a split kept in a recipe)."""
     from nlakit.dataset import read_table
 
-    return read_table(dataset, ["doc_id"]).column("doc_id").to_pylist()
+    path = Path(source)
+    if path.suffix == ".txt" and path.is_file():
+        try:
+            ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise NlakitError(f"{path} is not UTF-8 text ({e.reason}); write one document id per line") from None
+        if not ids:
+            raise NlakitError(f"{path} lists no document ids; write one id per line")
+        return ids
+    return read_table(source, ["doc_id"]).column("doc_id").to_pylist()
 
 
 def eval_documents(cfg: EvalConfig) -> list[Document]:
