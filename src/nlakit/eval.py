@@ -161,21 +161,17 @@ def truncate_tokens(tok, text: str, k: int) -> str:
     return tok.decode(tok.encode(text, add_special_tokens=False)[:k])
 
 
-EDIT_FORMS = ("replace", "predict", "append")
+EDIT_FORMS = ("replace", "append")
 
 
 def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
     """A steering edit toward `word`.
     - `replace`: the concept takes the place of the topic inside the usual format: the predicted next words and the
       topic words become `word` (in free-form explanations, every quoted span does);
-    - `predict`: only the predicted next words become `word`. The quoted context and the current token stay, so an
-      AR that re-reads the quote (v5's) still places the position, and only what follows it moves;
     - `append`: the explanation is kept and a sentence naming `word` is added (public replications report this
       form fails: the AR reads it as a minor detail)."""
     if form == "append":
         return explanation.rstrip() + f" The text is about {word}."
-    if form == "predict":
-        return _edit_prediction(explanation, word)
     if form != "replace":
         raise NlakitError(f"unknown edit form {form!r}; use one of {', '.join(EDIT_FORMS)}")
     lines = explanation.split("\n")
@@ -190,20 +186,6 @@ def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
         return "\n".join(out)
     edited, n = re.subn(r"[\"\u201c][^\"\u201d]*[\"\u201d]", f'"{word}"', explanation)
     return edited if n else explanation.rstrip() + f' The model expects "{word}" next.'
-
-
-def _edit_prediction(explanation: str, word: str) -> str:
-    lines = explanation.split("\n")
-    for i, ln in enumerate(lines):
-        if ln.startswith("Predicted next:"):  # the grounded format (v2)
-            lines[i] = f'Predicted next: "{word}".'
-            return "\n".join(lines)
-    cut = explanation.rfind("expects")  # the AV's format: '...; the model expects "a", "b", "c" next.'
-    if cut >= 0:
-        tail, n = re.subn(r"[\"\u201c][^\"\u201d]*[\"\u201d]", f'"{word}"', explanation[cut:])
-        if n:
-            return explanation[:cut] + tail
-    return explanation.rstrip() + f' The model expects "{word}" next.'
 
 
 def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
