@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Expert iteration, round 2 (session 12): the shipped v5 AV trained on its own best-of-8 texts as picked by v5's AR.
 # Round 1 (expert_iter.sh, v4's AR, 448 picks) did not move the greedy text. v5's AR gains more from the pick
-# (+0.166 fve_nrm on the wiki test split against v4's +0.089), so the signal is stronger, and round 2 uses 1,536
+# (+0.166 fve_nrm on the wiki test split against v4's +0.089), so the signal is stronger, and round 2 uses 1,024
 # picks from wiki training documents only (v1's split, recipes/smollm2-L20/splits). Validation: 129 positions of
 # 43 wiki val documents, the new AV's greedy text against the shipped AV's greedy text through v5's AR (out/ar).
 # Every stage resumes or skips finished work, so run the script again after an interruption:
@@ -29,7 +29,7 @@ for s in train val; do
         --out $R/ei2_acts_$s
 done
 # 2. the shipped AV's best of 8 (greedy + 7 samples at temperature 1), picked by the shipped AR; its greedy text on val
-$NLA datagen $R/ei2_acts_train --provider nla --model $SHIP --best-of 8 --max-rows 1536 --out $R/ei2_best8
+$NLA datagen $R/ei2_acts_train --provider nla --model $SHIP --best-of 8 --max-rows 1024 --out $R/ei2_best8
 $NLA datagen $R/ei2_acts_val --provider nla --model $SHIP --out $R/ei2_val_greedy
 # 3. the shipped AV, one epoch on the picks, validated through the shipped AR (copied to out/ar)
 mkdir -p $OUT
