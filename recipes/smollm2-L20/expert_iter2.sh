@@ -28,8 +28,10 @@ for s in train val; do
     $NLA extract --model smollm2-135m --layer 20 --corpus $R/ei2_$s.jsonl --positions-per-doc 3 --dtype float32 \
         --out $R/ei2_acts_$s
 done
-# 2. the shipped AV's best of 8 (greedy + 7 samples at temperature 1), picked by the shipped AR; its greedy text on val
-$NLA datagen $R/ei2_acts_train --provider nla --model $SHIP --best-of 8 --max-rows 1024 --out $R/ei2_best8
+# 2. (session 12 ran --max-rows 1536 into ei2_best8 and stopped it at 1,024 rows; ei2_best8_1024 starts from a copy
+#    of that run's explanations.sqlite, the same rows in the same batches and seeds, so the same texts)
+# the shipped AV's best of 8 (greedy + 7 samples at temperature 1), picked by the shipped AR; its greedy text on val
+$NLA datagen $R/ei2_acts_train --provider nla --model $SHIP --best-of 8 --max-rows 1024 --out $R/ei2_best8_1024
 $NLA datagen $R/ei2_acts_val --provider nla --model $SHIP --out $R/ei2_val_greedy
 # 3. the shipped AV, one epoch on the picks, validated through the shipped AR (copied to out/ar)
 mkdir -p $OUT
