@@ -4,6 +4,7 @@ iteration: `--best-of N` keeps the AR's pick per row, and `nla train av init_fro
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from conftest import sft_config
 from nlakit import dataset as ds
 from nlakit.datagen import datagen
 from nlakit.explainers import make_explainer
-from nlakit.meta import read_model_meta
+from nlakit.meta import read_model_meta, write_model_meta
 from nlakit.nla import NLA
 from nlakit.train.sft_ar import train_ar
 from nlakit.train.sft_av import train_av
@@ -78,11 +79,17 @@ def test_expert_iteration_data_and_av_init_from(nla_dir, tiny_pairs, tmp_path):
     mse_g = nla.score(tg.column("explanation").to_pylist(), vec)["mse_nrm"]
     assert bool((mse_p <= mse_g + 1e-4).all())  # the greedy text is a candidate, so a pick is never worse
     # lr 0: the AV trained further must be exactly the one it started from, prompt and injection scale included
+    # the parent's generation cap carries on too (an RL'd AV records the length it was trained to write)
+    parent = tmp_path / "parent"
+    shutil.copytree(nla_dir[0], parent)
+    pmeta = read_model_meta(parent / "av")
+    write_model_meta(parent / "av", replace(pmeta, training={**(pmeta.training or {}), "max_new_tokens": 37}))
     pairs = {"train": out, "val": out}
-    train_av(sft_config(pairs, tmp_path / "av", init_from=str(nla_dir[0]), lr=0.0, max_steps=2, eval_every=2))
+    train_av(sft_config(pairs, tmp_path / "av", init_from=str(parent), lr=0.0, max_steps=2, eval_every=2))
     meta = read_model_meta(tmp_path / "av" / "av")
-    assert meta.parent_checkpoints == [str(nla_dir[0] / "av")]
+    assert meta.parent_checkpoints == [str(parent / "av")]
     assert meta.injection_scale == nla.av.meta.injection_scale and meta.prompt_templates == nla.av.meta.prompt_templates
+    assert meta.max_new_tokens == 37
     again = NLA.from_pretrained(nla_dir[0], av=tmp_path / "av" / "av", dtype="float32")
     assert again.verbalize(vec[:4], max_new_tokens=12) == nla.verbalize(vec[:4], max_new_tokens=12)
 

@@ -47,12 +47,15 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
         src = resolve_nla_path(cfg.init_from) / "av"
         av = AV.from_pretrained(src, device=cfg.device, dtype=cfg.dtype, trainable=True)
         check_init_from(src, av.meta, meta, "reads")
+        # so does its generation cap: explain and eval default to the length it was trained to write
+        cap = (av.meta.training or {}).get("max_new_tokens")
         av.meta = replace(
             meta,
             tokens=av.meta.tokens,
             prompt_templates=av.meta.prompt_templates,
             injection_scale=av.meta.injection_scale,
             parent_checkpoints=[str(src)],
+            training={**(meta.training or {}), **({"max_new_tokens": cap} if cap else {})},
         )
     else:
         av = AV.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
