@@ -125,6 +125,7 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
         steer_alphas=(0.5, 1.0),
         train_data=str(tiny_pairs["train"]),
         compare_ar=str(nla_dir[0]),  # the same AR again: it must read the same explanations the same way
+        dtype="float32",  # the compare AR loads in cfg.dtype; "auto" is bf16 on AVX-512 BF16 CPUs, unlike `nla` here
         best_of=3,
     )
     r = run_eval(cfg, nla)
