@@ -23,7 +23,7 @@ def main() -> None:
     tok = load_tokenizer("smollm2-135m")
     special = frozenset(tok.all_special_ids)
     ids = []
-    for doc in load_corpus("wiki", None):
+    for doc in load_corpus("wiki"):
         tokens = tok(doc.text, add_special_tokens=True, truncation=True, max_length=256)["input_ids"]
         if sample_positions(tokens, doc.id, seed=0, n=3, min_position=DEFAULT_MIN_POSITION, special_ids=special):
             ids.append(doc.id)

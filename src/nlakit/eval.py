@@ -86,7 +86,9 @@ def _doc_ids(source: str) -> list[str]:
     from nlakit.dataset import read_table
 
     path = Path(source)
-    if path.suffix == ".txt" and path.is_file():
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise NlakitError(f"id list {path} does not exist; give a split folder or a .txt of document ids")
         try:
             ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as e:
