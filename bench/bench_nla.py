@@ -238,15 +238,15 @@ def rl_step(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
     }
 
 
-def rl_rollouts(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
-    """RL steps from a trained NLA (fp32, no autocast) with whichever nlakit is on the path: rollouts/s, and the
-    reward and length that show both revisions sample alike."""
+def rl_rollouts(nla_dir: str, data_dir: str, steps: int = 3, autocast: str = "none", **extra) -> dict:
+    """RL steps from a trained NLA (fp32 weights) with whichever nlakit is on the path: rollouts/s, and the reward
+    and length that show both revisions sample alike. `extra`: RLConfig fields only the newer revision has."""
     import statistics
     from pathlib import Path
 
     import nlakit
 
-    rows = _rl_steps(nla_dir, data_dir, steps, eval_every=1000, dtype="float32", autocast="none")
+    rows = _rl_steps(nla_dir, data_dir, steps, eval_every=1000, dtype="float32", autocast=autocast, **extra)
     out = {k: statistics.median(r[k] for r in rows) for k in ("sec", "sec_generate", "sec_av_update", "length")}
     out["reward"] = statistics.mean(r["reward"] for r in rows)
     out["rollouts_s"] = 16 / out["sec"]

@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from bench.common import HERE, gemm_peak_gflops, run_isolated  # noqa: E402
+from bench.process_time import cpu_name  # noqa: E402
 
 
 def extraction(args) -> list[str]:
@@ -168,26 +169,33 @@ def rl_step(args) -> list[str]:
 
 
 def rl_versus(args) -> list[str]:
-    """RL rollouts/s of this tree against an older revision's, interleaved in one run on one trained NLA."""
+    """RL rollouts/s of this tree against an older revision's, interleaved in one run on one trained NLA: the
+    baseline, this tree with fp32 rollouts, and this tree with its default rollout dtype (`auto`)."""
     import subprocess
 
     old_src = HERE / ".cache" / f"rev-{args.baseline_rev}"
     if not old_src.is_dir():
         subprocess.run(["git", "worktree", "add", "-f", str(old_src), args.baseline_rev], check=True)
-    kw = dict(nla_dir=args.rl_nla, data_dir=args.rl_data, steps=3)
-    base, ours = [], []
+    kw = dict(nla_dir=args.rl_nla, data_dir=args.rl_data, steps=3, autocast=args.rl_autocast)
+    arms = {
+        f"`{args.baseline_rev}` (baseline)": dict(nlakit_src=str(old_src / "src")),
+        "this tree, fp32 rollouts": dict(rollout_dtype="float32"),
+        "this tree, `rollout_dtype=auto`": dict(rollout_dtype="auto"),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
     for _ in range(args.repeats):
-        base.append(run_isolated("bench_nla", "rl_rollouts", nlakit_src=str(old_src / "src"), **kw))
-        ours.append(run_isolated("bench_nla", "rl_rollouts", **kw))
-    RESULTS["rl_versus"] = {"baseline_rev": args.baseline_rev, "base": base, "ours": ours}
+        for name, extra in arms.items():
+            runs[name].append(run_isolated("bench_nla", "rl_rollouts", **kw, **extra))
+    RESULTS["rl_versus"] = {"baseline_rev": args.baseline_rev, "autocast": args.rl_autocast, "runs": runs}
 
-    def med(runs: list[dict], key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+    def med(arm: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in arm)
 
-    rows = [(f"`{args.baseline_rev}` (baseline)", base), ("this tree", ours)]
+    base = next(iter(runs.values()))
     return [
-        f"### RL rollouts against `{args.baseline_rev}` ({args.rl_nla}, 4 activations x group 4, 96-token cap, fp32, "
-        f"no autocast; median of {args.repeats} interleaved runs of 3 steps each)",
+        f"### RL rollouts against `{args.baseline_rev}` ({args.rl_nla}, 4 activations x group 4, 96-token cap, fp32 "
+        f"weights, autocast {args.rl_autocast}; median of {args.repeats} interleaved runs of 3 steps each; "
+        f"CPU: {cpu_name()})",
         "",
         "| revision | s/step | generation s | AV update s | rollouts/s | ratio | reward | length | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -195,7 +203,7 @@ def rl_versus(args) -> list[str]:
             f"| {name} | {med(r, 'sec'):.1f} | {med(r, 'sec_generate'):.1f} | {med(r, 'sec_av_update'):.1f} | "
             f"{med(r, 'rollouts_s'):.2f} | {med(r, 'rollouts_s') / med(base, 'rollouts_s'):.2f}x | "
             f"{med(r, 'reward'):.3f} | {med(r, 'length'):.0f} | {med(r, 'peak_rss_mb'):.0f} |"
-            for name, r in rows
+            for name, r in runs.items()
         ],
         "",
     ]
@@ -247,6 +255,7 @@ def main() -> None:
     p.add_argument("--baseline-rev", default="b59fa06", help="rl_versus: the revision timed as the baseline")
     p.add_argument("--rl-nla", default="runs/smollm2-L20/nla_v1", help="rl_versus: a trained NLA folder")
     p.add_argument("--rl-data", default="runs/smollm2-L20/v1_split/train", help="rl_versus: activations")
+    p.add_argument("--rl-autocast", default="none", help="rl_versus: both revisions' autocast (none, bfloat16)")
     args = p.parse_args()
     lines = []
     for name in args.only or list(SECTIONS):

@@ -67,6 +67,52 @@ def test_fast_greedy_with_lora_merged_equals_unmerged_hf_generate(lora_av):
     assert not any(m.merged for m in lora_av.model.modules() if isinstance(m, BaseTunerLayer))
 
 
+def test_decoding_on_a_bf16_copy_equals_a_bf16_model_and_leaves_the_weights(lora_av):
+    """`generate_ids(dtype=bf16)` (RL's rollouts on fp32 weights) decodes exactly as a model merged in fp32 and then
+    cast to bf16 would; the fp32 weights and the unmerged adapters are bit-identical afterwards."""
+    import copy
+
+    vectors = torch.randn(5, 64, generator=torch.Generator().manual_seed(4)) * 3
+    cfg = SamplingConfig(max_new_tokens=16)
+    before = {n: p.detach().clone() for n, p in lora_av.model.named_parameters()}
+    lora_av.generator = fast_generate
+    ours = lora_av.generate_ids(vectors, cfg, torch.bfloat16)
+    twin = copy.copy(lora_av)
+    twin.model = copy.deepcopy(lora_av.model).merge_and_unload()
+    for p in twin.model.parameters():  # as a bf16 load from disk: the rotary buffers stay fp32
+        p.data = p.data.to(torch.bfloat16)
+    _assert_same_greedy(ours, twin.generate_ids(vectors, cfg))
+    for n, p in lora_av.model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    assert not any(m.merged for m in lora_av.model.modules() if isinstance(m, BaseTunerLayer))
+
+
+def test_token_logprobs_with_a_shared_prefix_equal_a_full_forward(lora_av):
+    """`token_logprobs` runs the prompt before the marker once and lets every row read it; log-probs and LoRA
+    gradients equal a plain forward over every row's whole sequence."""
+    vectors = torch.randn(4, 64, generator=torch.Generator().manual_seed(5)) * 3
+    ids, mask, labels = lora_av.batch(["a b c", "word", "a longer explanation of it", "x"])
+    assert lora_av.prompt_ids.index(lora_av.meta.tokens.injection_token_id) > 0  # there is a prefix to share
+    params = [p for p in lora_av.model.parameters() if p.requires_grad]
+
+    def grads(logp):
+        lora_av.model.zero_grad()
+        logp.sum().backward()
+        return [p.grad.clone() for p in params]
+
+    ours = lora_av.token_logprobs(vectors, ids, mask, labels)
+    p = len(lora_av.prompt_ids)
+    logits = lora_av.model(inputs_embeds=lora_av.embed(ids, mask, vectors), attention_mask=mask).logits
+    target = labels[:, p:]
+    full = torch.log_softmax(logits[:, p - 1 : -1].float(), -1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
+    full = full * (target != -100)
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads(ours), grads(full), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_merged_lora_changes_nothing_without_adapters(av):
     before = [p.data_ptr() for p in av.model.parameters()]
     with merged_lora(av.model):

@@ -13,7 +13,15 @@ from safetensors.torch import load_file, save_file
 from nlakit.batch import right_pad
 from nlakit.config import SamplingConfig
 from nlakit.errors import NlakitError
-from nlakit.generation import Generator, fast_generate
+from nlakit.generation import (
+    Generator,
+    cache_kwarg,
+    fast_generate,
+    merged_lora,
+    output_cache,
+    spread_cache,
+    weights_in,
+)
 from nlakit.injection import check_tokens, check_vectors, find_marker, inject, marker_positions, render_av_prompt
 from nlakit.io import umask_modes
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
@@ -145,15 +153,22 @@ class AV:
             )
 
     # ---- generation ------------------------------------------------------------------------------------------------
-    def generate_ids(self, vectors: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    def generate_ids(
+        self, vectors: torch.Tensor, cfg: SamplingConfig, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """New token ids [B, T] for a batch of vectors; `dtype` decodes on a copy of the weights in that dtype (LoRA
+        merged first, at the weights' own precision)."""
         vectors = check_vectors(torch.as_tensor(vectors, dtype=torch.float32), self.meta.d_model)
         n = vectors.shape[0]
         ids = torch.tensor([self.prompt_ids] * n, device=self.device)
         mask = torch.ones_like(ids)
-        with torch.inference_mode():
-            embeds = self.embed(ids, mask, vectors)
         marker = self.prompt_ids.index(self.meta.tokens.injection_token_id)
-        return self.generator(self.model, embeds, mask, cfg, self.eos_ids, self.tok.pad_token_id, shared_prefix=marker)
+        with merged_lora(self.model), weights_in(self.model, dtype):
+            with torch.inference_mode():
+                embeds = self.embed(ids, mask, vectors)
+            return self.generator(
+                self.model, embeds, mask, cfg, self.eos_ids, self.tok.pad_token_id, shared_prefix=marker
+            )
 
     def verbalize(
         self,
@@ -193,9 +208,10 @@ class AV:
             responses.append(row[: ends[0] + 1] if ends else row)
         return self._pack(responses)
 
-    def rollout(self, vectors: torch.Tensor, cfg: SamplingConfig) -> Rollout:
-        """Sample one explanation per vector and pack it for scoring: the first phase of an RL step."""
-        generated = self.generate_ids(vectors, cfg)
+    def rollout(self, vectors: torch.Tensor, cfg: SamplingConfig, dtype: torch.dtype | None = None) -> Rollout:
+        """Sample one explanation per vector (decoded in `dtype`, see `generate_ids`) and pack it for scoring: the
+        first phase of an RL step."""
+        generated = self.generate_ids(vectors, cfg, dtype)
         texts = self.tok.batch_decode(generated, skip_special_tokens=True)
         ids, mask, labels = self.rollout_batch(generated)
         stopped = torch.tensor([any(t in self.eos_ids for t in row) for row in generated.tolist()])
@@ -222,11 +238,20 @@ class AV:
         also the entropy of each next-token distribution.
 
         Every row starts with the same P-token prompt, so logits are computed only from position P-1 on: the LM head
-        over the prompt (most of the sequence, and a 49k-wide softmax) would be wasted work."""
+        over the prompt (most of the sequence, and a 49k-wide softmax) would be wasted work. The prompt before the
+        marker is the same in every row too: it runs once, as a batch of one whose keys and values every row reads
+        (gradients flow back through them), which saves a third of an RL step's tokens."""
         p = len(self.prompt_ids)
         embeds = self.embed(ids, mask, vectors)
+        shared = self.prompt_ids.index(self.meta.tokens.injection_token_id)
+        past = None
+        if shared > 0 and ids.shape[0] > 1 and bool(mask[:, :shared].all()):
+            prefix = self.model(inputs_embeds=embeds[:1, :shared], use_cache=True)
+            past = spread_cache(output_cache(prefix), ids.shape[0])
+        kw = {cache_kwarg(self.model): past, "use_cache": True} if past is not None else {"use_cache": False}
+        start = shared if past is not None else 0
         out = self.model(
-            inputs_embeds=embeds, attention_mask=mask, use_cache=False, logits_to_keep=ids.shape[1] - p + 1
+            inputs_embeds=embeds[:, start:], attention_mask=mask, logits_to_keep=ids.shape[1] - p + 1, **kw
         )
         target = labels[:, p:]
         valid = target != -100

@@ -143,6 +143,9 @@ class RLConfig:
     device: str = "cpu"
     dtype: str = "float32"
     autocast: str = "auto"
+    # rollouts decode on a copy of the merged weights in this dtype: auto is bf16 where the dtype probe finds bf16
+    # GEMMs faster (GPUs, AVX-512 bf16 CPUs), else the weights' own; the update's log-probs stay in `autocast`
+    rollout_dtype: str = "auto"
     save_every: int = 10
     eval_every: int = 25
     eval_rows: int = 64

@@ -183,6 +183,23 @@ def merged_lora(model):
                 p.data = data
 
 
+@contextmanager
+def weights_in(model, dtype: torch.dtype | None):
+    """The model's floating-point parameters cast to `dtype` for the duration, the originals put back untouched
+    afterwards: fp32 training weights decode on a bf16 copy where bf16 GEMMs are faster (AVX-512 bf16 CPUs, GPUs).
+    Buffers keep their dtype (rotary frequencies lose positions in bf16); `None` changes nothing."""
+    params = [p for p in model.parameters() if p.is_floating_point() and p.dtype != dtype] if dtype else []
+    saved = [(p, p.data) for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.data = p.data.to(dtype)
+    try:
+        yield
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
 # ---- a KV cache sized for the whole generation -----------------------------------------------------------------------
 class _PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys and values are views of buffers sized for the whole generation: appending a token
@@ -239,6 +256,18 @@ def preallocate(cache, batch: int, capacity: int):
             layer.values = layer.values.expand(batch, *layer.values.shape[1:]).contiguous()
         layers.append(layer)
     cache.layers = layers
+    return cache
+
+
+def spread_cache(cache, batch: int):
+    """A batch-1 prefix's cache for `batch` rows to read: each layer's keys and values expanded (views, no copy). A
+    forward appends the rows' own positions by concatenation, which also carries gradients back to the prefix. None
+    where a layer keeps other per-row state (linear attention, convolutions): run the prefix in every row there."""
+    if not all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
+        return None
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+        layer.values = layer.values.expand(batch, *layer.values.shape[1:])
     return cache
 
 

@@ -32,6 +32,7 @@ from nlakit.config import RLConfig, SamplingConfig, dump_config
 from nlakit.dataset import Pairs, load_pairs
 from nlakit.errors import NlakitError
 from nlakit.maths import fve_nrm, keyed_seed, rawvar_baseline
+from nlakit.models import resolve_dtype
 from nlakit.nla import resolve_nla_path, score_texts, write_pair_meta
 from nlakit.paraphrase import paraphrase
 from nlakit.train import dist
@@ -128,6 +129,7 @@ class RLRun:
     run_dir: Path
     rank: int
     world: int
+    rollout_dtype: torch.dtype
 
     @property
     def av_params(self) -> list[torch.nn.Parameter]:
@@ -185,6 +187,7 @@ def setup(cfg: RLConfig) -> tuple[RLRun, int]:
         run_dir,
         rank,
         world,
+        resolve_dtype(cfg.rollout_dtype, cfg.device),
     )
     ckpt = latest_checkpoint(run_dir)
     start = load_checkpoint(ckpt, run.weights, opt, sched)["step"] if ckpt is not None else 0
@@ -251,7 +254,7 @@ def train_step(run: RLRun, step: int) -> dict:
     # 1. rollouts from the current policy
     av.model.eval()
     sampling = SamplingConfig(cfg.max_new_tokens, temperature=cfg.temperature, seed=step_seed(cfg.seed, step, run.rank))
-    rollout = av.rollout(gold, sampling)
+    rollout = av.rollout(gold, sampling, run.rollout_dtype)
     t_gen = time.perf_counter()
 
     # 2. rewards from the live AR; group-relative advantages
