@@ -209,6 +209,27 @@ def rl_versus(args) -> list[str]:
     ]
 
 
+def rollout_quality(args) -> list[str]:
+    """Whether bf16 rollouts sample as well as fp32 ones: the same vectors and seeds, scored by one fp32 AR."""
+    r = run_isolated("bench_nla", "rollout_quality", nla_dir=args.rl_nla, data_dir=args.rl_data, rows=args.rows)
+    RESULTS["rollout_quality"] = r
+    return [
+        f"### RL rollouts in fp32 and on a bf16 copy ({args.rl_nla}, {r['rows']} vectors of {args.rl_data}, the same"
+        f" seeds, temperature 1, 96-token cap, scored by the fp32 AR; CPU: {cpu_name()})",
+        "",
+        "| decode | mean mse_nrm (failed = 2.0) | failed | s per batch of 16 |",
+        "|---|---|---|---|",
+        *[
+            f"| {k} | {r[k + '_mse']:.3f} | {r[k + '_failed']:.1%} | {r[k + '_sec_per_batch']:.1f} |"
+            for k in ("fp32", "bf16")
+        ],
+        "",
+        f"bf16 minus fp32, paired by vector: {r['bf16_minus_fp32']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
+        " (95% bootstrap interval).",
+        "",
+    ]
+
+
 def datagen_rate(args) -> list[str]:
     src = HERE / ".cache" / "dg_src"
     if not (src / "nla_meta.yaml").is_file():
@@ -240,6 +261,7 @@ SECTIONS = {
     "explain": explain_latency,
     "rl": rl_step,
     "rl_versus": rl_versus,
+    "rollout_quality": rollout_quality,
 }
 
 
@@ -255,6 +277,7 @@ def main() -> None:
     p.add_argument("--baseline-rev", default="b59fa06", help="rl_versus: the revision timed as the baseline")
     p.add_argument("--rl-nla", default="runs/smollm2-L20/nla_v1", help="rl_versus: a trained NLA folder")
     p.add_argument("--rl-data", default="runs/smollm2-L20/v1_split/train", help="rl_versus: activations")
+    p.add_argument("--rows", type=int, default=384, help="rollout_quality: vectors sampled in each dtype")
     p.add_argument("--rl-autocast", default="none", help="rl_versus: both revisions' autocast (none, bfloat16)")
     args = p.parse_args()
     lines = []
