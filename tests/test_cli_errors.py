@@ -84,6 +84,10 @@ def test_version_and_help(nla):
         (["train", "ar", "lr"], ["key=value"]),
         (["train", "ar", "no_such_key=1"], ["unknown config key 'no_such_key'"]),
         (["train", "frobnicate"], ["No such command"]),
+        (
+            ["train", "rl", f"data={MISSING}", f"nla={MISSING}", f"out={MISSING}", "rollout_dtype=int3"],
+            ["rollout_dtype", "int3"],
+        ),
     ],
 )
 def test_usage_mistakes(nla, args, needles):

@@ -152,6 +152,10 @@ def setup(cfg: RLConfig) -> tuple[RLRun, int]:
         raise NlakitError("group_size must be at least 2 (GRPO compares samples within a group)")
     if cfg.ar_updates < 0:
         raise NlakitError("ar_updates must be 0 (a frozen AR) or more")
+    try:  # a bad name fails before anything loads
+        rollout_dtype = resolve_dtype(cfg.rollout_dtype, cfg.device)
+    except NlakitError as e:
+        raise NlakitError(f"rollout_dtype: {e}") from None
     rank, world = dist.init(cfg.device)
     if cfg.prompts_per_step < world:
         raise NlakitError(f"prompts_per_step={cfg.prompts_per_step} is less than the {world} processes; raise it")
@@ -187,7 +191,7 @@ def setup(cfg: RLConfig) -> tuple[RLRun, int]:
         run_dir,
         rank,
         world,
-        resolve_dtype(cfg.rollout_dtype, cfg.device),
+        rollout_dtype,
     )
     ckpt = latest_checkpoint(run_dir)
     start = load_checkpoint(ckpt, run.weights, opt, sched)["step"] if ckpt is not None else 0
