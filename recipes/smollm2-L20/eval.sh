@@ -6,6 +6,8 @@
 #                     activations (runs/smollm2-L20/v1_split/train) and are left out where they are missing
 #   fiction_reviews:  24 fiction + 23 review documents written from seed-1 prompts (120 positions): registers no NLA
 #                     trained on
+#   chat_fresh:       40 chat conversations written from seed-2 prompts (120 positions): documents no NLA trained on,
+#                     in a register the ARs of v2-v5 did train on; regenerated on a fresh clone
 #   chat_heldout:     the chat documents of the chat/code split's test part (the ARs adapted on its train part)
 #   code_heldout:     the code documents of that test part
 # A finished report is skipped, so the script resumes where it stopped.
@@ -31,6 +33,8 @@ TRAIN=(); [ -d $R/v1_split/train ] && TRAIN=(--train-data $R/v1_split/train)
     --out $OUT/wiki_test
 [ -f $R/synth_heldout.jsonl ] || $NLA synth --out $R/synth_heldout.jsonl --registers fiction,reviews --docs-per-register 24 --seed 1 --dtype float32
 [ -f $OUT/fiction_reviews/report.md ] || run --texts $R/synth_heldout.jsonl --max-positions 120 --out $OUT/fiction_reviews
+[ -f $R/synth_chat_s2.jsonl ] || $NLA synth --out $R/synth_chat_s2.jsonl --registers chat --docs-per-register 40 --seed 2 --dtype float32
+[ -f $OUT/chat_fresh/report.md ] || run --texts $R/synth_chat_s2.jsonl --max-positions 120 --positions-per-doc 3 --out $OUT/chat_fresh
 # the chat and the code documents of the chat/code test split (ar_adapt.sh writes it), as corpus files
 [ -f $R/cc_split/test/nla_meta.yaml ] || { echo "no $R/cc_split: run ar_adapt.sh for the chat and code sets" >&2; exit 0; }
 [ -f $R/code_heldout.jsonl ] || .venv/bin/python - <<'PY'
