@@ -111,6 +111,11 @@ def test_token_logprobs_with_a_shared_prefix_equal_a_full_forward(lora_av):
     torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
     for a, b in zip(grads(ours), grads(full), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # the logged entropy (from the same logsumexp) is each next-token distribution's entropy, 0 at padding
+    _, entropy = lora_av.token_logprobs(vectors, ids, mask, labels, with_entropy=True)
+    expected = torch.distributions.Categorical(logits=logits[:, p - 1 : -1].float().detach()).entropy()
+    torch.testing.assert_close(entropy, expected * (target != -100), atol=1e-4, rtol=1e-4)
+    assert float(entropy.max()) > 0.1
 
 
 def test_merged_lora_changes_nothing_without_adapters(av):

@@ -257,12 +257,14 @@ class AV:
         valid = target != -100
         logits = out.logits[:, :-1].float()
         # logit - logsumexp: no [B, T, vocab] log-softmax copy is kept for backward (the largest tensor of a step)
-        logp = (logits.gather(-1, target.clamp_min(0)[..., None])[..., 0] - torch.logsumexp(logits, -1)) * valid
+        lse = torch.logsumexp(logits, -1)
+        logp = (logits.gather(-1, target.clamp_min(0)[..., None])[..., 0] - lse) * valid
         if not with_entropy:
             return logp
-        with torch.no_grad():  # a logged statistic: row by row, never part of the graph
-            entropy = torch.stack([torch.distributions.Categorical(logits=row).entropy() for row in logits]) * valid
-        return logp, entropy
+        with torch.no_grad():  # a logged statistic, never part of the graph: H = lse - sum(p * logit), row by row
+            lse = lse.detach()
+            entropy = torch.stack([lse[i] - (torch.softmax(row, -1) * row).sum(-1) for i, row in enumerate(logits)])
+        return logp, entropy * valid
 
     def sft_loss(self, vectors: torch.Tensor, explanations: list[str]) -> torch.Tensor:
         """Response-token NLL, averaged per sample then over samples (the reference's SFT loss)."""
