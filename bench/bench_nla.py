@@ -266,6 +266,7 @@ def rollout_quality(nla_dir: str, data_dir: str, rows: int = 128, batch: int = 1
     from nlakit.config import SamplingConfig
     from nlakit.dataset import load_pairs
     from nlakit.nla import resolve_nla_path, score_texts
+    from nlakit.train.rl import MAX_AR_TOKENS
 
     src = resolve_nla_path(nla_dir)
     av = AV.from_pretrained(src / "av", dtype="float32", trainable=True)
@@ -280,7 +281,7 @@ def rollout_quality(nla_dir: str, data_dir: str, rows: int = 128, batch: int = 1
             t = time.perf_counter()
             r = av.rollout(gold, SamplingConfig(96, temperature=1.0, seed=b), dtype)
             secs.append(time.perf_counter() - t)
-            ok = r.ok & ar.fits(r.explanations, 300)
+            ok = r.ok & ar.fits(r.explanations, MAX_AR_TOKENS)
             with torch.no_grad():
                 m = score_texts(ar, [e if k else "" for e, k in zip(r.explanations, ok, strict=True)], gold)["mse_nrm"]
             mse += m.tolist()

@@ -17,7 +17,6 @@ from nlakit.generation import (
     Generator,
     cache_kwarg,
     fast_generate,
-    merged_lora,
     output_cache,
     spread_cache,
     weights_in,
@@ -163,7 +162,7 @@ class AV:
         ids = torch.tensor([self.prompt_ids] * n, device=self.device)
         mask = torch.ones_like(ids)
         marker = self.prompt_ids.index(self.meta.tokens.injection_token_id)
-        with merged_lora(self.model), weights_in(self.model, dtype):
+        with weights_in(self.model, dtype):
             with torch.inference_mode():
                 embeds = self.embed(ids, mask, vectors)
             return self.generator(

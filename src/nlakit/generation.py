@@ -185,19 +185,23 @@ def merged_lora(model):
 
 @contextmanager
 def weights_in(model, dtype: torch.dtype | None):
-    """The model's floating-point parameters cast to `dtype` for the duration, the originals put back untouched
-    afterwards: fp32 training weights decode on a bf16 copy where bf16 GEMMs are faster (AVX-512 bf16 CPUs, GPUs).
-    Buffers keep their dtype (rotary frequencies lose positions in bf16); `None` changes nothing."""
-    params = [p for p in model.parameters() if p.is_floating_point() and p.dtype != dtype] if dtype else []
-    saved = [(p, p.data) for p in params]
-    with torch.no_grad():
-        for p in params:
-            p.data = p.data.to(dtype)
-    try:
+    """The model's floating-point parameters cast to `dtype` for the duration, LoRA merged first at the weights' own
+    precision, the originals put back untouched afterwards: fp32 training weights decode on a bf16 copy where bf16
+    GEMMs are faster (AVX-512 bf16 CPUs, GPUs). Buffers keep their dtype (rotary frequencies lose positions in bf16);
+    `None` changes nothing."""
+    if dtype is None:
         yield
-    finally:
-        for p, data in saved:
-            p.data = data
+        return
+    with merged_lora(model):
+        saved = [(p, p.data) for p in model.parameters() if p.is_floating_point() and p.dtype != dtype]
+        with torch.no_grad():
+            for p, data in saved:
+                p.data = data.to(dtype)
+        try:
+            yield
+        finally:
+            for p, data in saved:
+                p.data = data
 
 
 # ---- a KV cache sized for the whole generation -----------------------------------------------------------------------
