@@ -102,6 +102,7 @@ def test_token_logprobs_with_a_shared_prefix_equal_a_full_forward(lora_av):
         logp.sum().backward()
         return [p.grad.clone() for p in params]
 
+    assert lora_av._plain_head()  # the head is a plain (tied) matrix: log-probs go through head_logprobs
     ours = lora_av.token_logprobs(vectors, ids, mask, labels)
     p = len(lora_av.prompt_ids)
     logits = lora_av.model(inputs_embeds=lora_av.embed(ids, mask, vectors), attention_mask=mask).logits
@@ -116,6 +117,14 @@ def test_token_logprobs_with_a_shared_prefix_equal_a_full_forward(lora_av):
     expected = torch.distributions.Categorical(logits=logits[:, p - 1 : -1].float().detach()).entropy()
     torch.testing.assert_close(entropy, expected * (target != -100), atol=1e-4, rtol=1e-4)
     assert float(entropy.max()) > 0.1
+    # the whole-LM path (heads with a bias, softcapping or adapters take it) gives the same
+    lora_av._head_is_plain = False
+    try:
+        whole, whole_entropy = lora_av.token_logprobs(vectors, ids, mask, labels, with_entropy=True)
+        torch.testing.assert_close(whole, ours.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(whole_entropy, entropy, atol=1e-4, rtol=1e-4)
+    finally:
+        lora_av._head_is_plain = None
 
 
 def test_merged_lora_changes_nothing_without_adapters(av):

@@ -71,3 +71,27 @@ def test_paired_bootstrap_resamples_documents():
     assert lo == pytest.approx(0.0) and hi == pytest.approx(0.2)
     same = paired_bootstrap(a, a, ["x", "x", "y", "y"], rawvar=0.5)
     assert same == pytest.approx((0.0, 0.0, 0.0))
+
+
+@pytest.mark.parametrize("chunk_elements", [7 * 50, 1 << 22])  # 7 rows a chunk (uneven), and all rows at once
+def test_head_logprobs_equal_log_softmax_with_gradients(chunk_elements):
+    """The chunked head recomputes logits in backward; values and gradients (hidden and head) equal the plain
+    log-softmax over the whole [N, V] logits."""
+    from nlakit.maths import head_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(20, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 16, generator=gen, requires_grad=True)
+    target = torch.randint(0, 50, (20,), generator=gen)
+    upstream = torch.randn(20, generator=gen)
+    logp, entropy = head_logprobs(hidden, weight, target, with_entropy=True, chunk_elements=chunk_elements)
+    (logp * upstream).sum().backward()
+    ours = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    full = torch.log_softmax(hidden @ weight.T, -1)
+    (full.gather(-1, target[:, None])[:, 0] * upstream).sum().backward()
+    torch.testing.assert_close(logp, full.gather(-1, target[:, None])[:, 0].detach())
+    torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1).detach())
+    torch.testing.assert_close(ours[0], hidden.grad)
+    torch.testing.assert_close(ours[1], weight.grad)
+    assert not entropy.requires_grad

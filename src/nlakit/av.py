@@ -23,8 +23,9 @@ from nlakit.generation import (
 )
 from nlakit.injection import check_tokens, check_vectors, find_marker, inject, marker_positions, render_av_prompt
 from nlakit.io import umask_modes
+from nlakit.maths import head_logprobs
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
-from nlakit.models import load_causal_lm, load_tokenizer
+from nlakit.models import decoder_stack, load_causal_lm, load_tokenizer
 
 EXPLANATION_RE = re.compile(r"<explanation>(.*?)</explanation>", re.DOTALL)
 INPUT_PROJ = "input_proj.safetensors"
@@ -100,6 +101,7 @@ class AV:
         self.prompt_ids = render_av_prompt(tokenizer, meta.av_template, meta.tokens.injection_char)
         self.eos_ids = stop_ids(model, tokenizer)
         self.generator: Generator = fast_generate
+        self._head_is_plain: bool | None = None  # see _plain_head
 
     @classmethod
     def from_base(cls, base: str, meta: ModelMeta, *, device: str = "cpu", dtype="auto") -> AV:
@@ -239,23 +241,39 @@ class AV:
         Every row starts with the same P-token prompt, so logits are computed only from position P-1 on: the LM head
         over the prompt (most of the sequence, and a 49k-wide softmax) would be wasted work. The prompt before the
         marker is the same in every row too: it runs once, as a batch of one whose keys and values every row reads
-        (gradients flow back through them), which saves a third of an RL step's tokens."""
+        (gradients flow back through them), which saves a third of an RL step's tokens. Only the response tokens'
+        rows go through the head, a chunk at a time (`head_logprobs`), where the head is a plain matrix."""
         p = len(self.prompt_ids)
         embeds = self.embed(ids, mask, vectors)
         shared = self.prompt_ids.index(self.meta.tokens.injection_token_id)
+        chunked = self._plain_head()
+        # the decoder stack alone where the head is a plain matmul (`head_logprobs` applies it), else the whole LM
+        net = decoder_stack(_unwrapped(self.model)) if chunked else self.model
+        head_kw = {} if chunked else {"logits_to_keep": 1}
         past = None
         if shared > 0 and ids.shape[0] > 1 and bool(mask[:, :shared].all()):
-            prefix = self.model(inputs_embeds=embeds[:1, :shared], use_cache=True)
+            prefix = net(inputs_embeds=embeds[:1, :shared], use_cache=True, **head_kw)
             past = spread_cache(output_cache(prefix), ids.shape[0])
         kw = {cache_kwarg(self.model): past, "use_cache": True} if past is not None else {"use_cache": False}
         start = shared if past is not None else 0
+        target = labels[:, p:]
+        valid = target != -100
+        if chunked:
+            out = net(inputs_embeds=embeds[:, start:], attention_mask=mask, **kw)
+            hidden = out.last_hidden_state[:, p - 1 - start : -1][valid]  # the positions that predict a response token
+            weight = self.model.get_output_embeddings().weight
+            dev = hidden.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+            with torch.autocast(dev, enabled=False):
+                lp, ent = head_logprobs(hidden.to(dtype), weight.to(dtype), target[valid], with_entropy=with_entropy)
+            zeros = torch.zeros(valid.shape, device=lp.device)
+            logp, entropy = zeros.masked_scatter(valid, lp), zeros.masked_scatter(valid, ent)
+            return (logp, entropy) if with_entropy else logp
         out = self.model(
             inputs_embeds=embeds[:, start:], attention_mask=mask, logits_to_keep=ids.shape[1] - p + 1, **kw
         )
-        target = labels[:, p:]
-        valid = target != -100
         logits = out.logits[:, :-1].float()
-        # logit - logsumexp: no [B, T, vocab] log-softmax copy is kept for backward (the largest tensor of a step)
+        # logit - logsumexp: no [B, T, vocab] log-softmax copy is kept for backward
         lse = torch.logsumexp(logits, -1)
         logp = (logits.gather(-1, target.clamp_min(0)[..., None])[..., 0] - lse) * valid
         if not with_entropy:
@@ -264,6 +282,27 @@ class AV:
             lse = lse.detach()
             entropy = torch.stack([lse[i] - (torch.softmax(row, -1) * row).sum(-1) for i, row in enumerate(logits)])
         return logp, entropy * valid
+
+    def _plain_head(self) -> bool:
+        """Whether the LM's logits are its decoder stack's output times a bias-free head matrix (no softcapping, no
+        logit scale), checked once on the prompt in eval mode: then log-probs go through `head_logprobs`, which
+        makes the logits a chunk at a time. A head with adapters, a bias or a post-transform takes the plain path."""
+        if self._head_is_plain is None:
+            head = self.model.get_output_embeddings()
+            plain = type(head) is torch.nn.Linear and head.bias is None
+            if plain:
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+                        ids = torch.tensor([self.prompt_ids], device=self.device)
+                        logits = self.model(input_ids=ids).logits[0].float()
+                        hidden = decoder_stack(_unwrapped(self.model))(input_ids=ids).last_hidden_state[0]
+                        plain = torch.allclose(logits, (hidden @ head.weight.T).float(), rtol=1e-3, atol=1e-3)
+                finally:
+                    self.model.train(was_training)
+            self._head_is_plain = plain
+        return self._head_is_plain
 
     def sft_loss(self, vectors: torch.Tensor, explanations: list[str]) -> torch.Tensor:
         """Response-token NLL, averaged per sample then over samples (the reference's SFT loss)."""
@@ -333,6 +372,11 @@ class AV:
         av = cls(model, tok, meta, proj)
         av.check_injection()
         return av
+
+
+def _unwrapped(model):
+    """The transformers model under a PEFT wrapper (its adapters stay in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def default_injection_scale(mean_norm: float) -> float:

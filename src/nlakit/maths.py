@@ -82,3 +82,75 @@ def paired_bootstrap(
     boot = sums[draw].sum(1) / counts[draw].sum(1)
     lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return float(diff.mean()), lo, hi
+
+
+# ---- log-probs through the LM head, a chunk of rows at a time -----------------------------------------------------
+class _HeadLogprobs(torch.autograd.Function):
+    """log p(target) = logit[target] - logsumexp(logits), with logits = hidden @ weight.T made `chunk` rows at a time
+    in two reused buffers and never kept: backward recomputes each chunk's logits (one more head matmul) instead of
+    saving an [N, V] tensor. On a 2-core CPU the plain path's fresh [N, V] tensors (the float copy, the logsumexp's
+    temporaries, the gather's zero-filled gradient) cost more than the matmul itself."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, chunk: int, with_entropy: bool):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        logp, lse, entropy = (hidden.new_zeros(n, dtype=torch.float32) for _ in range(3))
+        raw, work = _head_buffers(hidden, min(chunk, n), vocab)
+        exps_buf = hidden.new_empty(min(chunk, n), vocab, dtype=torch.float32)
+        for i in range(0, n, chunk):
+            h = hidden[i : i + chunk]
+            m = h.shape[0]
+            logits = _chunk_logits(h, weight, raw[:m], work[:m])
+            top = logits.amax(-1, keepdim=True)
+            exps = torch.sub(logits, top, out=exps_buf[:m]).exp_()
+            total = exps.sum(-1)
+            lse[i : i + m] = top[:, 0] + total.log()
+            logp[i : i + m] = logits.gather(-1, target[i : i + m, None])[:, 0] - lse[i : i + m]
+            if with_entropy:  # H = lse - sum(p * logit), p = exps / total
+                entropy[i : i + m] = lse[i : i + m] - torch.bmm(exps[:, None], logits[:, :, None])[:, 0, 0] / total
+        ctx.save_for_backward(hidden, weight, target, lse)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor):
+        hidden, weight, target, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        raw, work = _head_buffers(hidden, min(ctx.chunk, hidden.shape[0]), weight.shape[0])
+        for i in range(0, hidden.shape[0], ctx.chunk):
+            h, g = hidden[i : i + ctx.chunk], grad_logp[i : i + ctx.chunk, None].float()
+            m = h.shape[0]
+            # d logp / d logits = onehot(target) - softmax
+            grad = _chunk_logits(h, weight, raw[:m], work[:m]).sub_(lse[i : i + m, None]).exp_().mul_(-g)
+            grad.scatter_add_(-1, target[i : i + m, None], g)
+            grad = grad if grad.dtype == weight.dtype else raw[:m].copy_(grad)
+            if grad_hidden is not None:
+                torch.mm(grad, weight, out=grad_hidden[i : i + m])
+            if grad_weight is not None:
+                grad_weight += (grad.T @ h).float()
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+
+
+def _head_buffers(hidden: Tensor, rows: int, vocab: int) -> tuple[Tensor, Tensor]:
+    """A [rows, V] buffer in the compute dtype (the matmul's output) and one in float32, reused by every chunk:
+    fresh multi-megabyte tensors cost page faults on each chunk."""
+    raw = hidden.new_empty(rows, vocab)
+    return raw, raw if raw.dtype == torch.float32 else hidden.new_empty(rows, vocab, dtype=torch.float32)
+
+
+def _chunk_logits(h: Tensor, weight: Tensor, raw: Tensor, work: Tensor) -> Tensor:
+    """One chunk's logits in float32, written into the buffers (`work`, or `raw` when that is float32)."""
+    torch.mm(h, weight.T, out=raw)
+    return raw if raw is work else work.copy_(raw)
+
+
+def head_logprobs(
+    hidden: Tensor, weight: Tensor, target: Tensor, *, with_entropy: bool = False, chunk_elements: int = 1 << 23
+) -> tuple[Tensor, Tensor]:
+    """(log p(target), entropy) per row of `hidden` [N, d] under a bias-free LM head `weight` [V, d], in float32;
+    the entropy is a statistic without gradient (zeros unless `with_entropy`). Chunks hold about `chunk_elements`
+    logits. `hidden` and `weight` compute in their own dtype (cast them first for bf16)."""
+    chunk = max(1, chunk_elements // weight.shape[0])
+    return _HeadLogprobs.apply(hidden, weight, target, chunk, with_entropy)

@@ -423,7 +423,18 @@ def _load(auto_cls, name, num_layers, device, dtype, device_map):
         kwargs["device_map"] = device_map  # accelerate places (and shards) the weights as it loads them
     with _quiet_transformers():
         model = auto_cls.from_pretrained(path, **kwargs)
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
     return (model if device_map is not None else model.to(device)).eval()
+
+
+def _contiguous_input(_module, args):
+    """The LM head's input made contiguous. HF slices the hidden states to the positions whose logits are kept
+    (`logits_to_keep`), and `matmul` cannot fold a strided [B, k, d] slice into one GEMM: it expands the [V, d] head
+    to [B, d, V] (a copy of B heads) and runs a bmm. On CPU that took 1.1 s instead of 0.01 s for one position of 16
+    rows in bf16, and 1.4 s instead of 0.37 s for an RL batch's 96 positions."""
+    return (args[0].contiguous(), *args[1:])
 
 
 def load_causal_lm(
