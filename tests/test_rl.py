@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from nlakit.maths import mse_nrm
 from nlakit.nla import NLA
 from nlakit.train.rl import RLConfig, group_advantages, policy_loss, train_rl
 
@@ -74,7 +75,7 @@ def test_rl_update_moves_the_policy_toward_advantaged_samples(nla_dir, tiny_pair
     gold = run.data.vectors[:4].repeat_interleave(4, dim=0)
     run.av.model.eval()
     rollout = run.av.rollout(gold, SamplingConfig(40, temperature=1.0, seed=0))
-    reward, _, ok = rewards(run, rollout, gold)
+    reward, _, ok, _ = rewards(run, rollout, gold)
     adv = group_advantages(reward, 4, ~ok)
     assert adv.abs().sum() > 0  # the samples differ, so there is something to learn from
 
@@ -166,3 +167,34 @@ def test_rl_two_process_ddp(nla_dir, tiny_pairs, tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "train_rl" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]
     assert (tmp_path / "av" / "nla_meta.yaml").is_file()
+
+
+def test_the_first_ar_update_reuses_the_reward_forward(nla_dir, tiny_pairs, tmp_path):
+    """The reward's AR forward, kept with its graph, gives the same rewards as scoring without one, and the same AR
+    gradients as a fresh `AR.loss` over the completed samples (so the step skips one AR forward, nothing else)."""
+    from nlakit.generation import SamplingConfig
+    from nlakit.train.rl import ar_batch, reuses_reward_forward, rewards, setup
+
+    run, _ = setup(_cfg(nla_dir, tiny_pairs, tmp_path))
+    assert reuses_reward_forward(run)
+    gold = run.data.vectors[:4].repeat_interleave(4, dim=0)
+    rollout = run.av.rollout(gold, SamplingConfig(40, temperature=1.0, seed=0))
+    plain, plain_mse, ok, none = rewards(run, rollout, gold)
+    kept, kept_mse, _, pred = rewards(run, rollout, gold, keep_graph=True)
+    assert none is None and pred is not None and pred.requires_grad and 0 < int(ok.sum()) == pred.shape[0]
+    torch.testing.assert_close(kept, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kept_mse, plain_mse, atol=1e-5, rtol=1e-5)
+    texts, target = ar_batch(run, rollout, gold, ok, 0)
+    params = [p for p in run.ar.parameters() if p.requires_grad]
+
+    def grads(loss):
+        run.ar.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in params]
+
+    reused = grads(mse_nrm(pred, target, run.ar.meta.mse_scale).mean())
+    for a, b in zip(reused, grads(run.ar.loss(texts, target)), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # paraphrased AR batches differ from the scored texts: no reuse there
+    run.cfg.paraphrase_aug = True
+    assert not reuses_reward_forward(run)

@@ -160,25 +160,44 @@ def decode_attention(model):
 @contextmanager
 def merged_lora(model):
     """PEFT adapters merged into the base weights for the duration, so each linear is one matmul instead of three.
-    PEFT's safe merge writes the sum into new tensors; the originals are put back afterwards, bit for bit (an
-    unmerge alone leaves rounding in the base weights, which would build up over RL steps and break exact resume)."""
+    The sums are new tensors; the originals are put back afterwards, bit for bit (an unmerge alone leaves rounding in
+    the base weights, which would build up over RL steps and break exact resume). Plain LoRA layers are summed here
+    with one delta each (PEFT's safe merge, its finiteness checks and its unmerge cost about 1 s per RL step);
+    other adapter kinds (DoRA) go through PEFT's own merge."""
     if not hasattr(model, "merge_adapter"):
         yield
         return
+    from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.merged and not m.disable_adapters]
     if not layers:
         yield
         return
+    plain = all(
+        type(m) is LoraLinear and not any(m.use_dora.values()) and not any(getattr(m, "lora_bias", {}).values())
+        for m in layers
+    )
     saved = [(p, p.data) for m in layers for p in m.get_base_layer().parameters(recurse=False)]
     with torch.no_grad():
-        model.merge_adapter(safe_merge=True)
+        if plain:
+            for m in layers:
+                active = [a for a in m.active_adapters if a in m.lora_A]
+                weight = m.get_base_layer().weight
+                for a in active:
+                    weight.data = weight.data + m.get_delta_weight(a)
+                m.merged_adapters = active  # the layer's forward now skips its adapters
+        else:
+            model.merge_adapter(safe_merge=True)
     try:
         yield
     finally:
         with torch.no_grad():
-            model.unmerge_adapter()
+            if plain:
+                for m in layers:
+                    m.merged_adapters = []
+            else:
+                model.unmerge_adapter()
             for p, data in saved:
                 p.data = data
 

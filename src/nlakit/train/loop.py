@@ -175,19 +175,28 @@ def start_run(run_dir: Path, config: dict[str, Any], seed: int) -> None:
     write_yaml(path, config)
 
 
-def autocast_context(name: str | None, device: str):
-    """bf16/fp16 autocast by name, `auto` (bf16 where the dtype probe finds it faster: CUDA, AVX-512 bf16 CPUs;
-    none where bf16 is emulated, e.g. AVX2-only CPUs, 100x slower), or none; anything else is an error."""
+def autocast_dtype(name: str | None, device: str) -> torch.dtype | None:
+    """The dtype an autocast name computes in: bf16/fp16 by name, `auto` (bf16 where the dtype probe finds it faster:
+    CUDA, AVX-512 bf16 CPUs; none where bf16 is emulated, e.g. AVX2-only CPUs, 100x slower), or None for none;
+    anything else is an error."""
     from nlakit.errors import NlakitError
     from nlakit.models import DTYPES, resolve_dtype
 
     if name == "auto":
         name = "bfloat16" if resolve_dtype("auto", device) == torch.bfloat16 else "none"
     if name in (None, "", "none"):
-        return torch.autocast(device_type=torch.device(device).type, enabled=False)
+        return None
     dtype = DTYPES.get(name)
     if dtype not in (torch.bfloat16, torch.float16):
         raise NlakitError(f"autocast {name!r} is not one of none, bfloat16, float16")
+    return dtype
+
+
+def autocast_context(name: str | None, device: str):
+    """Autocast to `autocast_dtype(name, device)`, or a disabled autocast where that is None."""
+    dtype = autocast_dtype(name, device)
+    if dtype is None:
+        return torch.autocast(device_type=torch.device(device).type, enabled=False)
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 

@@ -31,7 +31,7 @@ from nlakit.av import AV, Rollout
 from nlakit.config import RLConfig, SamplingConfig, dump_config
 from nlakit.dataset import Pairs, load_pairs
 from nlakit.errors import NlakitError
-from nlakit.maths import fve_nrm, keyed_seed, rawvar_baseline
+from nlakit.maths import fve_nrm, keyed_seed, mse_nrm, rawvar_baseline
 from nlakit.models import resolve_dtype
 from nlakit.nla import resolve_nla_path, score_texts, write_pair_meta
 from nlakit.paraphrase import paraphrase
@@ -39,6 +39,7 @@ from nlakit.train import dist
 from nlakit.train.loop import (
     Metrics,
     autocast_context,
+    autocast_dtype,
     batch_indices,
     has_checkpoint,
     latest_checkpoint,
@@ -82,21 +83,17 @@ def policy_loss(
     return (per_token.sum(1) / n).mean(), kl_mean
 
 
-def _reference_policy(av: AV, path: Path):
-    """A context manager under which `av` computes with the frozen SFT policy."""
-    if hasattr(av.model, "peft_config"):
-        av.model.load_adapter(str(path), adapter_name="ref", is_trainable=False)
-
-        @contextlib.contextmanager
-        def switch():
-            av.model.set_adapter("ref")
-            try:
-                yield
-            finally:
-                av.model.set_adapter("default")  # also restores requires_grad on the trained adapter
-
-        return switch
-    frozen = copy.deepcopy(av.model).eval().requires_grad_(False)
+def _reference_policy(av: AV, path: Path, dtype: torch.dtype | None):
+    """A context manager under which `av` computes with the frozen SFT policy: a plain copy of the SFT weights (LoRA
+    merged) in `dtype` (None: the weights' own), built once. The KL term reads it without gradient, so it needs no
+    adapters and no fp32 master weights: in bf16 where the update autocasts to bf16 anyway, its pass skips the
+    adapters' matmuls and the weights' casts (k1's gradient does not depend on the reference's value at all)."""
+    frozen = copy.deepcopy(av.model)
+    if hasattr(frozen, "peft_config"):
+        frozen.load_adapter(str(path), adapter_name="ref", is_trainable=False)
+        frozen.set_adapter("ref")
+        frozen = frozen.merge_and_unload(adapter_names=["ref"])
+    frozen = frozen.to(dtype).eval().requires_grad_(False) if dtype else frozen.eval().requires_grad_(False)
 
     @contextlib.contextmanager
     def swap():
@@ -182,7 +179,7 @@ def setup(cfg: RLConfig) -> tuple[RLRun, int]:
         cfg,
         av,
         ar,
-        _reference_policy(av, src / "av"),
+        _reference_policy(av, src / "av", autocast_dtype(cfg.autocast, cfg.device)),
         opt,
         sched,
         data,
@@ -198,19 +195,38 @@ def setup(cfg: RLConfig) -> tuple[RLRun, int]:
     return run, start
 
 
-def rewards(run: RLRun, rollout: Rollout, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(reward, mse_nrm, ok): -mse_nrm from the live AR (or -log mse); failed samples, and explanations too long
-    for the AR, get the orthogonal value and are never advantaged."""
+def rewards(
+    run: RLRun, rollout: Rollout, gold: torch.Tensor, keep_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(reward, mse_nrm, ok, pred): -mse_nrm from the live AR (or -log mse); failed samples, and explanations too
+    long for the AR, get the orthogonal value and are never advantaged. `pred` is the AR's reconstruction of the
+    completed samples with its graph when `keep_graph`: the first AR update's loss is the same mse_nrm over the same
+    texts, so it reuses this forward instead of running the AR again."""
     cfg = run.cfg
     ok = rollout.ok & run.ar.fits(rollout.explanations, MAX_AR_TOKENS)
-    with torch.no_grad(), autocast_context(cfg.autocast, cfg.device):
-        mse = score_texts(run.ar, [e if k else "" for e, k in zip(rollout.explanations, ok, strict=True)], gold)[
-            "mse_nrm"
-        ]
+    pred = None
+    with torch.set_grad_enabled(keep_graph), autocast_context(cfg.autocast, cfg.device):
+        if keep_graph:
+            mse = torch.full((len(ok),), 2.0)
+            sel = ok.nonzero()[:, 0]
+            if len(sel):
+                pred = run.ar(*run.ar.encode([rollout.explanations[i] for i in sel.tolist()]))
+                mse[sel] = mse_nrm(pred.detach(), gold[sel].to(pred.device), run.ar.meta.mse_scale).cpu()
+        else:
+            texts = [e if k else "" for e, k in zip(rollout.explanations, ok, strict=True)]
+            mse = score_texts(run.ar, texts, gold)["mse_nrm"]
     reward = -torch.log(mse.clamp_min(1e-8)) if cfg.reward == "log_mse" else -mse
     fail_value = -math.log(2.0) if cfg.reward == "log_mse" else FAILED_REWARD
     reward = torch.where(ok, reward - cfg.length_penalty * rollout.lengths, torch.full_like(reward, fail_value))
-    return reward, mse, ok
+    return reward, mse, ok, pred
+
+
+def reuses_reward_forward(run: RLRun) -> bool:
+    """Whether the first AR update can reuse the reward's AR forward: one update on exactly the scored texts (no
+    paraphrases added), and no active dropout, so the training-mode forward equals the scoring one."""
+    cfg = run.cfg
+    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in run.ar.modules())
+    return cfg.ar_updates >= 1 and not cfg.paraphrase_aug and not dropout
 
 
 def av_loss(run: RLRun, rollout: Rollout, gold: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -262,7 +278,8 @@ def train_step(run: RLRun, step: int) -> dict:
     t_gen = time.perf_counter()
 
     # 2. rewards from the live AR; group-relative advantages
-    reward, mse, ok = rewards(run, rollout, gold)
+    reuse = reuses_reward_forward(run)
+    reward, mse, ok, pred = rewards(run, rollout, gold, keep_graph=reuse)
     adv = group_advantages(reward, cfg.group_size, ~ok).to(av.device)
     t_reward = time.perf_counter()
 
@@ -276,8 +293,11 @@ def train_step(run: RLRun, step: int) -> dict:
     ar_loss = torch.tensor(0.0)
     texts, target = ar_batch(run, rollout, gold, ok, step) if cfg.ar_updates else ([], gold[:0])
     for update in range(cfg.ar_updates if texts else 0):
-        with autocast:
-            ar_loss = ar.loss(texts, target)
+        if update == 0 and pred is not None:
+            ar_loss = mse_nrm(pred, target.to(pred.device), ar.meta.mse_scale).mean()
+        else:
+            with autocast:
+                ar_loss = ar.loss(texts, target)
         ar_loss.backward()
         optimizer_step(run, run.av_params + run.ar_params if update == 0 else run.ar_params)
     if not texts:
