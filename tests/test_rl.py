@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -198,3 +199,41 @@ def test_the_first_ar_update_reuses_the_reward_forward(nla_dir, tiny_pairs, tmp_
     # paraphrased AR batches differ from the scored texts: no reuse there
     run.cfg.paraphrase_aug = True
     assert not reuses_reward_forward(run)
+
+
+def test_rl_on_lora_adapters_keeps_the_sft_policy_as_reference(tiny_pairs, tmp_path):
+    """With LoRA checkpoints the reference is the SFT policy, merged into a plain frozen copy: it scores exactly as
+    the SFT AV does, stays put while the live adapters move, and the run writes a loadable adapter NLA."""
+    from conftest import SHORT_AV_TEMPLATE, sft_config
+    from nlakit.av import AV
+    from nlakit.generation import SamplingConfig
+    from nlakit.train.rl import av_loss, optimizer_step, rewards, setup
+    from nlakit.train.sft_ar import train_ar
+    from nlakit.train.sft_av import train_av
+
+    src = tmp_path / "sft"
+    kw = dict(lora=True, lora_r=4, lora_alpha=8, max_steps=3, eval_every=3, save_every=3, lr=1e-2)
+    train_ar(sft_config(tiny_pairs, src, **kw))
+    train_av(sft_config(tiny_pairs, src, av_template=SHORT_AV_TEMPLATE, **kw))
+    run, _ = setup(_cfg((src,), tiny_pairs, tmp_path / "rl", av_lr=1e-2))
+    gold = run.data.vectors[:4].repeat_interleave(4, dim=0)
+    run.av.model.eval()
+    rollout = run.av.rollout(gold, SamplingConfig(20, temperature=1.0, seed=0))
+    sft = AV.from_pretrained(src / "av", dtype="float32")
+
+    def logp(av, ctx=None):
+        with torch.no_grad(), ctx or contextlib.nullcontext():
+            return av.token_logprobs(gold, rollout.ids, rollout.mask, rollout.labels)
+
+    expected = logp(sft)
+    torch.testing.assert_close(logp(run.av, run.reference()), expected, atol=1e-5, rtol=1e-5)
+    reward, _, ok, _ = rewards(run, rollout, gold)
+    run.av.model.train()
+    loss, _, _ = av_loss(run, rollout, gold, group_advantages(reward, 4, ~ok))
+    loss.backward()
+    optimizer_step(run, run.av_params)
+    assert (logp(run.av) - expected).abs().max() > 1e-3  # the live adapters moved
+    torch.testing.assert_close(logp(run.av, run.reference()), expected, atol=1e-5, rtol=1e-5)
+    train_rl(_cfg((src,), tiny_pairs, tmp_path / "rl", max_steps=2, save_every=2))
+    out = NLA.from_pretrained(tmp_path / "rl", dtype="float32")
+    assert (tmp_path / "rl" / "av" / "adapter_model.safetensors").is_file() and out.av.meta.stage == "rl"

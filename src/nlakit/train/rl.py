@@ -8,9 +8,8 @@ Each step (reference §3.3, scaled to CPU sizes):
 4. AV loss = PPO-clipped policy loss (eps 0.2) + kl_coef * KL(AV || frozen SFT AV), per-sample token mean;
 5. AR loss = mse_nrm on the completed samples (optionally also on paraphrases of them, which denies the pair
    steganographic side channels); both updates, one optimizer step per rollout.
-With LoRA checkpoints the frozen reference AV costs almost no memory: the SFT adapters are loaded twice over one
-base model, "default" (trained) and "ref" (frozen), and the reference pass switches adapters. Full-weight
-checkpoints are trained in full, with a frozen copy as the reference.
+The frozen reference AV is a plain copy of the SFT weights (LoRA merged), in the autocast dtype, built once: the KL
+pass needs no gradient, so no adapters and no fp32 master weights. Full-weight checkpoints are trained in full.
 """
 
 from __future__ import annotations
@@ -338,8 +337,6 @@ def evaluate(run: RLRun) -> dict[str, float]:
 def cleanup(run: RLRun) -> None:
     """Write the trained NLA (av/, ar/, pair sidecar) next to the run state."""
     av, ar = run.av, run.ar
-    if hasattr(av.model, "peft_config"):
-        av.model.delete_adapter("ref")
     av.meta.stage = ar.meta.stage = "rl"
     # the rollout cap is the AV's training cap: explain/verbalize default to it (ModelMeta.max_new_tokens)
     av.meta.training = {**(av.meta.training or {}), "max_new_tokens": run.cfg.max_new_tokens}
