@@ -191,9 +191,9 @@ def explain_latency(mode: str, nla_dir: str, new_tokens: int = 80, baseline_posi
     }
 
 
-def _rl_steps(nla: str, data_dir: str, steps: int, **cfg) -> list[dict]:
-    """The log rows of `steps` RL steps (4 activations x group 4, 96-token cap) after one warm-up step; only fields
-    that b59fa06's RLConfig also has, so an older nlakit on the path runs the same thing."""
+def _rl_steps(nla: str, data_dir: str, steps: int, prompts: int = 4, **cfg) -> list[dict]:
+    """The log rows of `steps` RL steps (`prompts` activations x group 4, 96-token cap) after one warm-up step; only
+    fields that b59fa06's RLConfig also has, so an older nlakit on the path runs the same thing."""
     import json
     import tempfile
     from pathlib import Path
@@ -210,7 +210,7 @@ def _rl_steps(nla: str, data_dir: str, steps: int, **cfg) -> list[dict]:
                 save_every=1000,
                 max_new_tokens=96,
                 group_size=4,
-                prompts_per_step=4,
+                prompts_per_step=prompts,
                 **cfg,
             )
         )
@@ -238,7 +238,7 @@ def rl_step(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
     }
 
 
-def rl_rollouts(nla_dir: str, data_dir: str, steps: int = 3, autocast: str = "none", **extra) -> dict:
+def rl_rollouts(nla_dir: str, data_dir: str, steps: int = 3, autocast: str = "none", prompts: int = 4, **extra) -> dict:
     """RL steps from a trained NLA (fp32 weights) with whichever nlakit is on the path: rollouts/s, and the reward
     and length that show both revisions sample alike. `extra`: RLConfig fields only the newer revision has."""
     import statistics
@@ -246,10 +246,10 @@ def rl_rollouts(nla_dir: str, data_dir: str, steps: int = 3, autocast: str = "no
 
     import nlakit
 
-    rows = _rl_steps(nla_dir, data_dir, steps, eval_every=1000, dtype="float32", autocast=autocast, **extra)
+    rows = _rl_steps(nla_dir, data_dir, steps, prompts, eval_every=1000, dtype="float32", autocast=autocast, **extra)
     out = {k: statistics.median(r[k] for r in rows) for k in ("sec", "sec_generate", "sec_av_update", "length")}
     out["reward"] = statistics.mean(r["reward"] for r in rows)
-    out["rollouts_s"] = 16 / out["sec"]
+    out["rollouts_s"] = 4 * prompts / out["sec"]
     out["nlakit"] = str(Path(nlakit.__file__).parent)
     return out
 

@@ -176,7 +176,7 @@ def rl_versus(args) -> list[str]:
     old_src = HERE / ".cache" / f"rev-{args.baseline_rev}"
     if not old_src.is_dir():
         subprocess.run(["git", "worktree", "add", "-f", str(old_src), args.baseline_rev], check=True)
-    kw = dict(nla_dir=args.rl_nla, data_dir=args.rl_data, steps=3, autocast=args.rl_autocast)
+    kw = dict(nla_dir=args.rl_nla, data_dir=args.rl_data, steps=3, autocast=args.rl_autocast, prompts=args.rl_prompts)
     arms = {
         f"`{args.baseline_rev}` (baseline)": dict(nlakit_src=str(old_src / "src")),
         "this tree, fp32 rollouts": dict(rollout_dtype="float32"),
@@ -193,9 +193,9 @@ def rl_versus(args) -> list[str]:
 
     base = next(iter(runs.values()))
     return [
-        f"### RL rollouts against `{args.baseline_rev}` ({args.rl_nla}, 4 activations x group 4, 96-token cap, fp32 "
-        f"weights, autocast {args.rl_autocast}; median of {args.repeats} interleaved runs of 3 steps each; "
-        f"CPU: {cpu_name()})",
+        f"### RL rollouts against `{args.baseline_rev}` ({args.rl_nla}, {args.rl_prompts} activations x group 4, "
+        f"96-token cap, fp32 weights, autocast {args.rl_autocast}; median of {args.repeats} interleaved runs of 3 "
+        f"steps each; CPU: {cpu_name()})",
         "",
         "| revision | s/step | generation s | AV update s | rollouts/s | ratio | reward | length | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -278,6 +278,7 @@ def main() -> None:
     p.add_argument("--rl-nla", default="runs/smollm2-L20/nla_v1", help="rl_versus: a trained NLA folder")
     p.add_argument("--rl-data", default="runs/smollm2-L20/v1_split/train", help="rl_versus: activations")
     p.add_argument("--rows", type=int, default=384, help="rollout_quality: vectors sampled in each dtype")
+    p.add_argument("--rl-prompts", type=int, default=4, help="rl_versus: activations per step (x group 4)")
     p.add_argument("--rl-autocast", default="none", help="rl_versus: both revisions' autocast (none, bfloat16)")
     args = p.parse_args()
     lines = []
