@@ -118,7 +118,7 @@ def test_token_logprobs_with_a_shared_prefix_equal_a_full_forward(lora_av):
     torch.testing.assert_close(entropy, expected * (target != -100), atol=1e-4, rtol=1e-4)
     assert float(entropy.max()) > 0.1
     # the whole-LM path (heads with a bias, softcapping or adapters take it) gives the same
-    lora_av._head_is_plain = False
+    lora_av._head_is_plain = (lora_av.model, False)
     try:
         whole, whole_entropy = lora_av.token_logprobs(vectors, ids, mask, labels, with_entropy=True)
         torch.testing.assert_close(whole, ours.detach(), atol=1e-5, rtol=1e-5)
@@ -255,3 +255,38 @@ def test_top_p_keeps_the_nucleus():
     assert set(draws.tolist()) == {0, 1}
     assert abs((draws == 0).float().mean().item() - 0.5 / 0.8) < 0.04  # renormalised within the nucleus
     assert int(sample_next(logits, SamplingConfig(), None)) == 0
+
+
+def test_merged_lora_keeps_a_bf16_base_in_bf16():
+    """PEFT keeps adapters in fp32 over a bf16 base: the merged weight stays bf16 (a bf16 input must still match it),
+    and the originals come back bit for bit."""
+    from nlakit.train.loop import add_lora
+
+    av = AV.from_base("tiny", TINY_AV_META, dtype="bfloat16")
+    av.model = perturb_lora(add_lora(av.model, 8, 16, task_type="CAUSAL_LM"), 0.1)
+    before = {n: p.detach().clone() for n, p in av.model.named_parameters()}
+    av.generator = fast_generate
+    ids = av.generate_ids(torch.randn(3, 64, generator=torch.Generator().manual_seed(6)), SamplingConfig(8))
+    assert ids.shape[0] == 3
+    for n, p in av.model.named_parameters():
+        assert p.dtype == before[n].dtype and torch.equal(p, before[n]), n
+
+
+def test_the_head_check_follows_the_model(lora_av):
+    """`_plain_head` is decided per model: a model swapped in (RL's reference) is checked on its own, and a head with
+    a bias takes the whole-LM path."""
+    import copy
+
+    assert lora_av._plain_head()
+    live = lora_av.model
+    other = copy.deepcopy(live)
+    head = other.get_base_model().lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    biased.weight, biased.bias = head.weight, torch.nn.Parameter(torch.ones(head.out_features))
+    other.get_base_model().lm_head = biased
+    lora_av.model = other
+    try:
+        assert not lora_av._plain_head()
+    finally:
+        lora_av.model = live
+    assert lora_av._plain_head()

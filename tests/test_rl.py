@@ -207,7 +207,7 @@ def test_rl_on_lora_adapters_keeps_the_sft_policy_as_reference(tiny_pairs, tmp_p
     from conftest import SHORT_AV_TEMPLATE, sft_config
     from nlakit.av import AV
     from nlakit.generation import SamplingConfig
-    from nlakit.train.rl import av_loss, optimizer_step, rewards, setup
+    from nlakit.train.rl import _reference_policy, av_loss, optimizer_step, rewards, setup
     from nlakit.train.sft_ar import train_ar
     from nlakit.train.sft_av import train_av
 
@@ -227,6 +227,9 @@ def test_rl_on_lora_adapters_keeps_the_sft_policy_as_reference(tiny_pairs, tmp_p
 
     expected = logp(sft)
     torch.testing.assert_close(logp(run.av, run.reference()), expected, atol=1e-5, rtol=1e-5)
+    with _reference_policy(run.av, src / "av", torch.bfloat16)():  # bf16 weights, fp32 buffers (rotary frequencies)
+        assert {p.dtype for p in run.av.model.parameters()} == {torch.bfloat16}
+        assert {b.dtype for b in run.av.model.buffers() if b.is_floating_point()} == {torch.float32}
     reward, _, ok, _ = rewards(run, rollout, gold)
     run.av.model.train()
     loss, _, _ = av_loss(run, rollout, gold, group_advantages(reward, 4, ~ok))

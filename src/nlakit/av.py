@@ -101,7 +101,7 @@ class AV:
         self.prompt_ids = render_av_prompt(tokenizer, meta.av_template, meta.tokens.injection_char)
         self.eos_ids = stop_ids(model, tokenizer)
         self.generator: Generator = fast_generate
-        self._head_is_plain: bool | None = None  # see _plain_head
+        self._head_is_plain: tuple[torch.nn.Module, bool] | None = None  # see _plain_head
 
     @classmethod
     def from_base(cls, base: str, meta: ModelMeta, *, device: str = "cpu", dtype="auto") -> AV:
@@ -264,8 +264,7 @@ class AV:
             weight = self.model.get_output_embeddings().weight
             dev = hidden.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
-            with torch.autocast(dev, enabled=False):
-                lp, ent = head_logprobs(hidden.to(dtype), weight.to(dtype), target[valid], with_entropy=with_entropy)
+            lp, ent = head_logprobs(hidden.to(dtype), weight.to(dtype), target[valid], with_entropy=with_entropy)
             zeros = torch.zeros(valid.shape, device=lp.device)
             logp, entropy = zeros.masked_scatter(valid, lp), zeros.masked_scatter(valid, ent)
             return (logp, entropy) if with_entropy else logp
@@ -287,7 +286,7 @@ class AV:
         """Whether the LM's logits are its decoder stack's output times a bias-free head matrix (no softcapping, no
         logit scale), checked once on the prompt in eval mode: then log-probs go through `head_logprobs`, which
         makes the logits a chunk at a time. A head with adapters, a bias or a post-transform takes the plain path."""
-        if self._head_is_plain is None:
+        if self._head_is_plain is None or self._head_is_plain[0] is not self.model:
             head = self.model.get_output_embeddings()
             plain = type(head) is torch.nn.Linear and head.bias is None
             if plain:
@@ -301,8 +300,8 @@ class AV:
                         plain = torch.allclose(logits, (hidden @ head.weight.T).float(), rtol=1e-3, atol=1e-3)
                 finally:
                     self.model.train(was_training)
-            self._head_is_plain = plain
-        return self._head_is_plain
+            self._head_is_plain = (self.model, plain)  # per model: RL swaps in a plain reference for its KL pass
+        return self._head_is_plain[1]
 
     def sft_loss(self, vectors: torch.Tensor, explanations: list[str]) -> torch.Tensor:
         """Response-token NLL, averaged per sample then over samples (the reference's SFT loss)."""

@@ -179,17 +179,17 @@ def merged_lora(model):
         for m in layers
     )
     saved = [(p, p.data) for m in layers for p in m.get_base_layer().parameters(recurse=False)]
-    with torch.no_grad():
-        if plain:
-            for m in layers:
-                active = [a for a in m.active_adapters if a in m.lora_A]
-                weight = m.get_base_layer().weight
-                for a in active:
-                    weight.data = weight.data + m.get_delta_weight(a)
-                m.merged_adapters = active  # the layer's forward now skips its adapters
-        else:
-            model.merge_adapter(safe_merge=True)
     try:
+        with torch.no_grad():
+            if plain:
+                for m in layers:
+                    active = [a for a in m.active_adapters if a in m.lora_A]
+                    weight = m.get_base_layer().weight
+                    for a in active:  # adapters may be fp32 over bf16 weights: the sum keeps the weight's dtype
+                        weight.data = weight.data + m.get_delta_weight(a).to(weight.dtype)
+                    m.merged_adapters = active  # the layer's forward now skips its adapters
+            else:
+                model.merge_adapter(safe_merge=True)
         yield
     finally:
         with torch.no_grad():

@@ -87,7 +87,7 @@ def paired_bootstrap(
 # ---- log-probs through the LM head, a chunk of rows at a time -----------------------------------------------------
 class _HeadLogprobs(torch.autograd.Function):
     """log p(target) = logit[target] - logsumexp(logits), with logits = hidden @ weight.T made `chunk` rows at a time
-    in two reused buffers and never kept: backward recomputes each chunk's logits (one more head matmul) instead of
+    in reused buffers and never kept: backward recomputes each chunk's logits (one more head matmul) instead of
     saving an [N, V] tensor. On a 2-core CPU the plain path's fresh [N, V] tensors (the float copy, the logsumexp's
     temporaries, the gather's zero-filled gradient) cost more than the matmul itself."""
 
@@ -116,6 +116,11 @@ class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor):
         hidden, weight, target, lse = ctx.saved_tensors
+        with torch.autocast(hidden.device.type, enabled=False):  # the buffers' dtypes are set here, not by autocast
+            return _HeadLogprobs._backward(ctx, hidden, weight, target, lse, grad_logp)
+
+    @staticmethod
+    def _backward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, lse: Tensor, grad_logp: Tensor):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         raw, work = _head_buffers(hidden, min(ctx.chunk, hidden.shape[0]), weight.shape[0])
@@ -153,4 +158,5 @@ def head_logprobs(
     the entropy is a statistic without gradient (zeros unless `with_entropy`). Chunks hold about `chunk_elements`
     logits. `hidden` and `weight` compute in their own dtype (cast them first for bf16)."""
     chunk = max(1, chunk_elements // weight.shape[0])
-    return _HeadLogprobs.apply(hidden, weight, target, chunk, with_entropy)
+    with torch.autocast(hidden.device.type, enabled=False):  # the buffers' dtypes are set here, not by autocast
+        return _HeadLogprobs.apply(hidden, weight, target, chunk, with_entropy)

@@ -86,13 +86,16 @@ def _reference_policy(av: AV, path: Path, dtype: torch.dtype | None):
     """A context manager under which `av` computes with the frozen SFT policy: a plain copy of the SFT weights (LoRA
     merged) in `dtype` (None: the weights' own), built once. The KL term reads it without gradient, so it needs no
     adapters and no fp32 master weights: in bf16 where the update autocasts to bf16 anyway, its pass skips the
-    adapters' matmuls and the weights' casts (k1's gradient does not depend on the reference's value at all)."""
+    adapters' matmuls and the weights' casts. k1's gradient does not depend on the reference's value; k3's does, and
+    reads bf16 rounding in it (its log-probs differ from an autocast pass's by ~0.02 nats per token)."""
     frozen = copy.deepcopy(av.model)
     if hasattr(frozen, "peft_config"):
         frozen.load_adapter(str(path), adapter_name="ref", is_trainable=False)
         frozen.set_adapter("ref")
         frozen = frozen.merge_and_unload(adapter_names=["ref"])
-    frozen = frozen.to(dtype).eval().requires_grad_(False) if dtype else frozen.eval().requires_grad_(False)
+    frozen.eval().requires_grad_(False)
+    for p in frozen.parameters() if dtype else ():  # parameters only: rotary frequencies lose positions in bf16
+        p.data = p.data.to(dtype)
 
     @contextlib.contextmanager
     def swap():
@@ -224,7 +227,9 @@ def reuses_reward_forward(run: RLRun) -> bool:
     """Whether the first AR update can reuse the reward's AR forward: one update on exactly the scored texts (no
     paraphrases added), and no active dropout, so the training-mode forward equals the scoring one."""
     cfg = run.cfg
-    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in run.ar.modules())
+    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in run.ar.modules()) or any(
+        float(getattr(m.config, "attention_dropout", 0) or 0) > 0 for m in run.ar.modules() if hasattr(m, "config")
+    )
     return cfg.ar_updates >= 1 and not cfg.paraphrase_aug and not dropout
 
 
