@@ -170,7 +170,9 @@ def rl_step(args) -> list[str]:
 
 def rl_versus(args) -> list[str]:
     """RL rollouts/s of this tree against an older revision's, interleaved in one run on one trained NLA: the
-    baseline, this tree with fp32 rollouts, and this tree with its default rollout dtype (`auto`)."""
+    baseline, this tree running the KL's reference pass every step (the baseline's work), and this tree with its
+    defaults, where under k1 only every `kl_every`-th step runs that pass. The timed steps of the default arm run no
+    reference pass, so its figure is also given amortised: (kl_every - 1) such steps and one of the first arm's."""
     import subprocess
 
     old_src = HERE / ".cache" / f"rev-{args.baseline_rev}"
@@ -179,8 +181,8 @@ def rl_versus(args) -> list[str]:
     kw = dict(nla_dir=args.rl_nla, data_dir=args.rl_data, steps=3, autocast=args.rl_autocast, prompts=args.rl_prompts)
     arms = {
         f"`{args.baseline_rev}` (baseline)": dict(nlakit_src=str(old_src / "src")),
-        "this tree, fp32 rollouts": dict(rollout_dtype="float32"),
-        "this tree, `rollout_dtype=auto`": dict(rollout_dtype="auto"),
+        "this tree, KL every step (`kl_every=1`)": dict(kl_every=1),
+        "this tree, defaults, steps without the reference pass": dict(),
     }
     runs: dict[str, list[dict]] = {name: [] for name in arms}
     for _ in range(args.repeats):
@@ -191,7 +193,12 @@ def rl_versus(args) -> list[str]:
     def med(arm: list[dict], key: str) -> float:
         return statistics.median(r[key] for r in arm)
 
-    base = next(iter(runs.values()))
+    base, every, skip = runs.values()
+    from nlakit.config import RLConfig
+
+    n = RLConfig.kl_every
+    amortised = ((n - 1) * med(skip, "sec") + med(every, "sec")) / n
+    rollouts = 4 * args.rl_prompts
     return [
         f"### RL rollouts against `{args.baseline_rev}` ({args.rl_nla}, {args.rl_prompts} activations x group 4, "
         f"96-token cap, fp32 weights, autocast {args.rl_autocast}; median of {args.repeats} interleaved runs of 3 "
@@ -205,6 +212,9 @@ def rl_versus(args) -> list[str]:
             f"{med(r, 'reward'):.3f} | {med(r, 'length'):.0f} | {med(r, 'peak_rss_mb'):.0f} |"
             for name, r in runs.items()
         ],
+        f"| **this tree, defaults, amortised** ({n - 1} steps without the reference pass, 1 with) | "
+        f"**{amortised:.1f}** | | | **{rollouts / amortised:.2f}** | "
+        f"**{rollouts / amortised / med(base, 'rollouts_s'):.2f}x** | | | |",
         "",
     ]
 

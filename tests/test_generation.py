@@ -8,9 +8,9 @@ from conftest import perturb_lora
 from nlakit.av import AV
 from nlakit.generation import (
     SamplingConfig,
-    decode_attention_forward,
     fast_generate,
     hf_generate,
+    matmul_attention_forward,
     merged_lora,
     sample_next,
 )
@@ -134,11 +134,13 @@ def test_merged_lora_changes_nothing_without_adapters(av):
     assert [p.data_ptr() for p in av.model.parameters()] == before
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_attention_equals_sdpa(dtype):
-    class Module:
-        num_key_value_groups = 3
+class _Attention:
+    num_key_value_groups = 3
+    is_causal = True
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_attention_equals_sdpa_for_one_query(dtype):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(4, 6, 1, 16, generator=g).to(dtype)
     k, v = (torch.randn(4, 2, 9, 16, generator=g).to(dtype) for _ in range(2))
@@ -146,10 +148,39 @@ def test_decode_attention_equals_sdpa(dtype):
     visible[..., 0] = True
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     for mask in (None, visible):
-        ours, _ = decode_attention_forward(Module(), q, k, v, mask, scaling=0.25)
+        with torch.no_grad():
+            ours, _ = matmul_attention_forward(_Attention(), q, k, v, mask, scaling=0.25)
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25, enable_gqa=True).transpose(1, 2)
         assert ours.shape == ref.shape == (4, 1, 6, 16)
         torch.testing.assert_close(ours, ref, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_attention_equals_sdpa_with_gradients(dtype):
+    """The training path (several queries after a cached prefix, gradients on): the same outputs and the same
+    gradients for queries, keys and values as SDPA, with the causal mask implied (None) or given with padding."""
+    g = torch.Generator().manual_seed(1)
+    n_q, n_k = 5, 8  # the queries are the last 5 of 8 positions (a 3-position cached prefix)
+    q = torch.randn(3, 6, n_q, 16, generator=g).to(dtype)
+    k, v = (torch.randn(3, 2, n_k, 16, generator=g).to(dtype) for _ in range(2))
+    causal = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)
+    padded = causal.expand(3, 1, n_q, n_k).clone()
+    padded[1, ..., 6:] = False  # row 1: its last two keys are padding
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+    for ours_mask, ref_mask in ((None, causal), (padded, padded)):
+        grads = []
+        for fn in ("ours", "sdpa"):
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            if fn == "ours":
+                out, _ = matmul_attention_forward(_Attention(), *leaves, ours_mask, scaling=0.25)
+            else:
+                out = F.scaled_dot_product_attention(
+                    *leaves, attn_mask=ref_mask, scale=0.25, enable_gqa=True
+                ).transpose(1, 2)
+            out.float().pow(2).sum().backward()
+            grads.append([out.detach(), *(t.grad for t in leaves)])
+        for ours, ref in zip(*grads, strict=True):
+            torch.testing.assert_close(ours, ref, **tol)
 
 
 def test_min_new_tokens_and_eos_padding(av):

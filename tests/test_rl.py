@@ -64,6 +64,30 @@ def test_policy_loss_is_ppo_clip_plus_kl():
     assert torch.allclose(lp.grad, torch.zeros(1, 2))
 
 
+def test_k1_gradient_does_not_read_the_reference():
+    """Why the reference pass can be skipped under k1 (`kl_every`): the loss's gradient is the same whatever the
+    reference's log-probs are, and the same without them; k3's is not, so it refuses to run without them."""
+    g = torch.Generator().manual_seed(0)
+    logp0 = torch.randn(3, 5, generator=g) - 2
+    valid = torch.rand(3, 5, generator=g) > 0.2
+    adv = torch.randn(3, generator=g)
+    grads = []
+    for ref in (logp0 - 0.3, torch.randn(3, 5, generator=g) - 2, None):
+        logp = logp0.clone().requires_grad_(True)
+        loss, kl = policy_loss(logp, logp.detach(), ref, adv, valid, 0.2, 0.05, "k1")
+        assert (kl is None) == (ref is None)
+        loss.backward()
+        grads.append(logp.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=0, rtol=0)
+    torch.testing.assert_close(grads[0], grads[2], atol=0, rtol=0)
+    logp = logp0.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="k3"):
+        policy_loss(logp, logp.detach(), None, adv, valid, 0.2, 0.05, "k3")
+    a, _ = policy_loss(logp, logp.detach(), logp0 - 0.3, adv, valid, 0.2, 0.05, "k3")
+    b, _ = policy_loss(logp, logp.detach(), logp0 + 0.3, adv, valid, 0.2, 0.05, "k3")
+    assert not torch.allclose(torch.autograd.grad(a, logp)[0], torch.autograd.grad(b, logp)[0])
+
+
 def test_rl_update_moves_the_policy_toward_advantaged_samples(nla_dir, tiny_pairs, tmp_path):
     """One GRPO update raises the mean token log-prob of the samples with positive advantage against those with
     negative advantage: sum_i adv_i * delta logp_i > 0. A first-order fact of a small step (Adam's first step moves
@@ -110,10 +134,11 @@ def test_rl_update_moves_the_policy_toward_advantaged_samples(nla_dir, tiny_pair
 
 
 def test_rl_run_writes_metrics_curves_and_an_nla(nla_dir, tiny_pairs, tmp_path):
-    train_rl(_cfg(nla_dir, tiny_pairs, tmp_path, max_steps=4, save_every=4, ar_updates=2))
+    train_rl(_cfg(nla_dir, tiny_pairs, tmp_path, max_steps=4, save_every=4, ar_updates=2, kl_every=2))
     rows = [json.loads(ln) for ln in (tmp_path / "train_rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert {"reward", "fve_nrm", "length", "kl", "failed", "entropy", "ar_loss"} <= set(rows[0])
+    assert {"reward", "fve_nrm", "length", "failed", "entropy", "ar_loss"} <= set(rows[0])
+    assert ["kl" in r for r in rows] == [False, True, False, True]  # k1: the reference pass runs every 2nd step
     assert (tmp_path / "train_rl" / "curves.png").is_file()
     nla = NLA.from_pretrained(tmp_path, dtype="float32")
     assert nla.av.meta.stage == "rl" and len(nla.verbalize(torch.randn(2, 64), max_new_tokens=8)) == 2

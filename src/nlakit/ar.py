@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nlakit.errors import NlakitError
+from nlakit.generation import matmul_attention
 from nlakit.io import umask_modes
 from nlakit.maths import mse_nrm
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
@@ -107,7 +108,8 @@ class AR(torch.nn.Module):
         return torch.tensor([len(ids) <= max_tokens for ids in self.tok(self.prompts(explanations))["input_ids"]])
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        with matmul_attention(self.backbone):  # on CPU, its backward beats SDPA's flash kernel ~3x at these sizes
+            h = self.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = h[torch.arange(h.shape[0], device=h.device), last_token_index(mask.to(h.device))].to(self.device)
         return self.value_head(last.to(self.value_head.weight.dtype)).float()
 

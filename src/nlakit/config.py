@@ -134,6 +134,9 @@ class RLConfig:
     clip_eps: float = 0.2
     kl_coef: float = 0.01
     kl_type: str = "k1"  # or "k3"
+    # k1's gradient (kl_coef * grad log p) does not read the reference's log-probs, so under k1 the reference pass,
+    # which only measures the KL, runs on every kl_every-th step (the KL is logged there); k3 needs it every step
+    kl_every: int = 10
     reward: str = "mse"  # or "log_mse"
     length_penalty: float = 0.0  # reward -= length_penalty * response tokens
     paraphrase_aug: bool = False

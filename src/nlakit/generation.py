@@ -113,43 +113,51 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-# ---- single-token attention ------------------------------------------------------------------------------------------
-DECODE_ATTENTION = "nlakit_decode"
+# ---- attention as two matmuls where that beats SDPA on CPU ----------------------------------------------------------
+MATMUL_ATTENTION = "nlakit_matmul"
+MATMUL_SCORES_LIMIT = 1 << 24  # score elements per layer (64 MB in fp32) above which SDPA's memory saving wins
 
 
-def decode_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """SDPA, except for one query token: then the query heads of each KV group attend as a [G, T] matmul. PyTorch's
-    CPU flash kernel takes ~10 ms per layer for that shape in bf16, the two matmuls ~0.5 ms. Scores and softmax are
-    float32 as inside SDPA; only the probabilities are rounded to the cache dtype for the value matmul, as there."""
-    if query.shape[2] != 1 or dropout or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+def matmul_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """SDPA, except where two matmuls are faster: a single query token (decoding: PyTorch's CPU flash kernel takes
+    ~10 ms per layer for that shape in bf16, the matmuls ~0.5 ms), and passes that backpropagate on CPU (its flash
+    backward takes ~40 ms per layer of an RL AV update, the matmuls' ~14 ms), while the scores stay small. The query
+    heads of each KV group attend as one [G*Q, T] matmul (no repeated keys). Scores and softmax are float32 as
+    inside SDPA; only the probabilities are rounded to the value dtype for the value matmul, as there."""
+    b, h, q_len, d = query.shape
+    t = key.shape[2]
+    training = query.device.type == "cpu" and torch.is_grad_enabled() and b * h * q_len * t <= MATMUL_SCORES_LIMIT
+    if (q_len != 1 and not training) or dropout or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    b, h, _, d = query.shape
     groups = key.shape[1]
-    q = query.reshape(b, groups, h // groups, d).float()
+    q = query.reshape(b, groups, h // groups * q_len, d).float()
     scores = torch.matmul(q, key.float().transpose(-1, -2)) * (d**-0.5 if scaling is None else scaling)
-    if attention_mask is not None:  # [B, 1, 1, T]: broadcasts over the KV groups and their heads
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, float("-inf"))
-        else:
-            scores = scores + attention_mask
-    out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
-    return out.reshape(b, 1, h, d), None
+    scores = scores.view(b, groups, h // groups, q_len, t)
+    if attention_mask is not None:  # [B, 1, Q, T]: broadcasts over the KV groups and their heads
+        mask = attention_mask[:, :, None]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    elif q_len > 1 and getattr(module, "is_causal", True):  # SDPA's is_causal, aligned to the last key
+        hidden = torch.ones(q_len, t, dtype=torch.bool, device=scores.device).triu_(t - q_len + 1)
+        scores = scores.masked_fill(hidden, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, groups, h // groups * q_len, t)
+    out = torch.matmul(probs, value).view(b, h, q_len, d)
+    return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(DECODE_ATTENTION, decode_attention_forward)
-AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)  # the same masks SDPA gets
+AttentionInterface.register(MATMUL_ATTENTION, matmul_attention_forward)
+AttentionMaskInterface.register(MATMUL_ATTENTION, sdpa_mask)  # the same masks SDPA gets
 
 
 @contextmanager
-def decode_attention(model):
-    """Switch a model on SDPA to `decode_attention_forward` for the duration (training keeps SDPA)."""
+def matmul_attention(model):
+    """Switch a model on SDPA to `matmul_attention_forward` for the duration (decoding, and CPU training passes)."""
     config = model.config
     if getattr(config, "_attn_implementation", None) != "sdpa":
         yield
         return
-    config._attn_implementation = DECODE_ATTENTION
+    config._attn_implementation = MATMUL_ATTENTION
     try:
         yield
     finally:
@@ -314,7 +322,7 @@ def fast_generate(
     tokens = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=embeds.device)
     rows = torch.arange(batch, device=embeds.device)  # the original index of each row still in the batch
     steps = 0
-    with merged_lora(model), decode_attention(model), torch.inference_mode():
+    with merged_lora(model), matmul_attention(model), torch.inference_mode():
         past = None
         if shared_prefix > 0:
             out = model(inputs_embeds=embeds[:1, :shared_prefix], use_cache=True, logits_to_keep=1)

@@ -63,22 +63,26 @@ def group_advantages(rewards: torch.Tensor, group_size: int, failed: torch.Tenso
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
-    ref_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
     adv: torch.Tensor,
     valid: torch.Tensor,
     clip_eps: float,
     kl_coef: float,
     kl_type: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO-clipped surrogate plus KL to the reference, token mean per sample then mean over samples."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """PPO-clipped surrogate plus KL to the reference, token mean per sample then mean over samples; also the KL's
+    mean. `ref_logp` None (k1 only): the KL term keeps its gradient, kl_coef * grad log p, which does not depend on
+    the reference, and its mean is not known (None)."""
     ratio = torch.exp(logp - old_logp)
     a = adv[:, None]
     surrogate = -torch.min(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)
-    delta = ref_logp - logp
+    if ref_logp is None and kl_type != "k1":
+        raise ValueError("the k3 KL needs the reference's log-probs")
+    delta = (logp.detach() if ref_logp is None else ref_logp) - logp
     kl = -delta if kl_type == "k1" else torch.exp(delta) - delta - 1
     per_token = (surrogate + kl_coef * kl) * valid
     n = valid.sum(1).clamp_min(1)
-    kl_mean = ((kl * valid).sum(1) / n).mean()
+    kl_mean = None if ref_logp is None else ((kl * valid).sum(1) / n).mean()
     return (per_token.sum(1) / n).mean(), kl_mean
 
 
@@ -151,6 +155,10 @@ def setup(cfg: RLConfig) -> tuple[RLRun, int]:
         raise NlakitError("group_size must be at least 2 (GRPO compares samples within a group)")
     if cfg.ar_updates < 0:
         raise NlakitError("ar_updates must be 0 (a frozen AR) or more")
+    if cfg.kl_type not in ("k1", "k3"):
+        raise NlakitError(f"kl_type must be k1 or k3, not {cfg.kl_type!r}")
+    if cfg.kl_every < 1:
+        raise NlakitError("kl_every must be 1 (measure the KL every step) or more")
     try:  # a bad name fails before anything loads
         rollout_dtype = resolve_dtype(cfg.rollout_dtype, cfg.device)
     except NlakitError as e:
@@ -233,12 +241,23 @@ def reuses_reward_forward(run: RLRun) -> bool:
     return cfg.ar_updates >= 1 and not cfg.paraphrase_aug and not dropout
 
 
-def av_loss(run: RLRun, rollout: Rollout, gold: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """PPO-clipped policy loss + KL to the frozen SFT AV (one update per rollout, so old = current, detached)."""
+def measures_kl(cfg: RLConfig, step: int) -> bool:
+    """Whether step `step` runs the reference pass: every step under k3, whose gradient reads it; under k1 only
+    every `kl_every`-th step, where it measures the logged KL (k1's gradient does not depend on it)."""
+    return cfg.kl_type != "k1" or (step + 1) % cfg.kl_every == 0
+
+
+def av_loss(
+    run: RLRun, rollout: Rollout, gold: torch.Tensor, adv: torch.Tensor, with_kl: bool = True
+) -> tuple[torch.Tensor, ...]:
+    """PPO-clipped policy loss + KL to the frozen SFT AV (one update per rollout, so old = current, detached), and
+    the KL's mean (None without `with_kl`: the reference pass is skipped, see `measures_kl`) and the entropy."""
     cfg, av = run.cfg, run.av
     autocast = autocast_context(cfg.autocast, cfg.device)
-    with torch.no_grad(), autocast, run.reference():
-        ref_logp = av.token_logprobs(gold, rollout.ids, rollout.mask, rollout.labels)
+    ref_logp = None
+    if with_kl:
+        with torch.no_grad(), autocast, run.reference():
+            ref_logp = av.token_logprobs(gold, rollout.ids, rollout.mask, rollout.labels)
     with autocast:
         logp, entropy = av.token_logprobs(gold, rollout.ids, rollout.mask, rollout.labels, with_entropy=True)
         loss, kl = policy_loss(
@@ -289,7 +308,7 @@ def train_step(run: RLRun, step: int) -> dict:
 
     # 3. AV update: PPO-clipped policy loss + KL to the frozen SFT AV
     av.model.train()
-    loss, kl, entropy = av_loss(run, rollout, gold, adv)
+    loss, kl, entropy = av_loss(run, rollout, gold, adv, with_kl=measures_kl(cfg, step))
     loss.backward()
     t_av = time.perf_counter()
 
@@ -314,7 +333,7 @@ def train_step(run: RLRun, step: int) -> dict:
             "reward": float(reward.mean()),
             "mse_nrm": float(mse[ok].mean()) if ok.any() else 2.0,
             "length": float(rollout.lengths.float().mean()),
-            "kl": float(kl.detach()),
+            **({"kl": float(kl)} if kl is not None else {}),
             "failed": float((~ok).float().mean()),
             "entropy": float((entropy.sum(1) / rollout.valid.sum(1).clamp_min(1)).mean()),
             "ar_loss": float(ar_loss.detach()),
