@@ -12,6 +12,7 @@ from nlakit.generation import (
     hf_generate,
     matmul_attention_forward,
     merged_lora,
+    packed_linears,
     sample_next,
 )
 from nlakit.meta import ModelMeta
@@ -89,20 +90,40 @@ def test_decoding_on_a_bf16_copy_equals_a_bf16_model_and_leaves_the_weights(lora
     assert not any(m.merged for m in lora_av.model.modules() if isinstance(m, BaseTunerLayer))
 
 
-def test_token_logprobs_with_a_shared_prefix_equal_a_full_forward(lora_av):
-    """`token_logprobs` runs the prompt before the marker once and lets every row read it; log-probs and LoRA
-    gradients equal a plain forward over every row's whole sequence."""
+@pytest.mark.parametrize("grouped", [False, True])
+def test_token_logprobs_with_a_shared_prefix_equal_a_full_forward(lora_av, grouped):
+    """`token_logprobs` runs the prompt before the marker once and lets every row read it, and the rest of the
+    prompt once per distinct vector (RL's groups); log-probs and LoRA gradients equal a plain forward over every
+    row's whole sequence."""
     vectors = torch.randn(4, 64, generator=torch.Generator().manual_seed(5)) * 3
+    if grouped:
+        vectors = vectors[[0, 0, 1, 1]]
     ids, mask, labels = lora_av.batch(["a b c", "word", "a longer explanation of it", "x"])
-    assert lora_av.prompt_ids.index(lora_av.meta.tokens.injection_token_id) > 0  # there is a prefix to share
+    marker = lora_av.prompt_ids.index(lora_av.meta.tokens.injection_token_id)
+    assert marker > 0  # there is a prefix to share
     params = [p for p in lora_av.model.parameters() if p.requires_grad]
+    assert lora_av._plain_head()  # the head is a plain (tied) matrix: log-probs go through head_logprobs
+    # the decoder's first layer sees each shared piece once: count the positions it runs
+    seen = []
+    layer = lora_av.model.get_base_model().model.layers[0]
+
+    def count(_, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen.append(hidden.shape[0] * hidden.shape[1])
+
+    hook = layer.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        lora_av.token_logprobs(vectors, ids, mask, labels)
+    finally:
+        hook.remove()
+    p, t = len(lora_av.prompt_ids), ids.shape[1]
+    assert sum(seen) == (marker + 2 * (p - marker) + 4 * (t - p) if grouped else marker + 4 * (t - marker))
 
     def grads(logp):
         lora_av.model.zero_grad()
         logp.sum().backward()
         return [p.grad.clone() for p in params]
 
-    assert lora_av._plain_head()  # the head is a plain (tied) matrix: log-probs go through head_logprobs
     ours = lora_av.token_logprobs(vectors, ids, mask, labels)
     p = len(lora_av.prompt_ids)
     logits = lora_av.model(inputs_embeds=lora_av.embed(ids, mask, vectors), attention_mask=mask).logits
@@ -301,6 +322,34 @@ def test_merged_lora_keeps_a_bf16_base_in_bf16():
     assert ids.shape[0] == 3
     for n, p in av.model.named_parameters():
         assert p.dtype == before[n].dtype and torch.equal(p, before[n]), n
+
+
+def test_packed_linears_compute_the_same_and_put_the_forwards_back():
+    """Prepacked bf16 linears (decoding) give the plain linears' logits; a pass with gradients runs the plain
+    forward; afterwards every module has its class's forward again. Greedy decoding on them (fast_generate) picks
+    the tokens HF's generate picks on the plain model."""
+    av = AV.from_base("tiny", TINY_AV_META, dtype="bfloat16")
+    ids = torch.tensor([av.prompt_ids] * 3)
+    with torch.inference_mode():
+        plain = av.model(input_ids=ids).logits.float()
+        with packed_linears(av.model, 3):
+            packed = av.model(input_ids=ids).logits.float()
+    torch.testing.assert_close(packed, plain, atol=2e-2, rtol=2e-2)
+    assert float((packed.argmax(-1) == plain.argmax(-1)).float().mean()) > 0.95
+    head = av.model.get_output_embeddings()
+    head.weight.requires_grad_(True)
+    try:
+        with packed_linears(av.model, 3):
+            out = av.model(input_ids=ids).logits.float().sum()
+        out.backward()  # the packed weights have no gradient: this pass took the plain forwards
+        assert head.weight.grad is not None and float(head.weight.grad.abs().sum()) > 0
+    finally:
+        head.weight.requires_grad_(False)
+        head.weight.grad = None
+    assert not any("forward" in vars(m) for m in av.model.modules())
+    vectors = torch.randn(4, 64, generator=torch.Generator().manual_seed(7)) * 3
+    cfg = SamplingConfig(max_new_tokens=12)
+    _assert_same_greedy(_run(av, fast_generate, vectors, cfg), _run(av, hf_generate, vectors, cfg))
 
 
 def test_the_head_check_follows_the_model(lora_av):

@@ -242,30 +242,54 @@ class AV:
         Every row starts with the same P-token prompt, so logits are computed only from position P-1 on: the LM head
         over the prompt (most of the sequence, and a 49k-wide softmax) would be wasted work. The prompt before the
         marker is the same in every row too: it runs once, as a batch of one whose keys and values every row reads
-        (gradients flow back through them), which saves a third of an RL step's tokens. Only the response tokens'
-        rows go through the head, a chunk at a time (`head_logprobs`), where the head is a plain matrix."""
+        (gradients flow back through them), which saves a third of an RL step's tokens. The rest of the prompt is
+        the same in rows with the same vector (an RL group): it runs once per distinct vector. Only the response
+        tokens' rows go through the head, a chunk at a time (`head_logprobs`), where the head is a plain matrix."""
         with matmul_attention(self.model):  # on CPU, its backward beats SDPA's flash kernel ~3x at these sizes
             return self._token_logprobs(vectors, ids, mask, labels, with_entropy)
 
     def _token_logprobs(self, vectors, ids, mask, labels, with_entropy):
-        p = len(self.prompt_ids)
+        p, rows = len(self.prompt_ids), ids.shape[0]
         embeds = self.embed(ids, mask, vectors)
-        shared = self.prompt_ids.index(self.meta.tokens.injection_token_id)
         chunked = self._plain_head()
         # the decoder stack alone where the head is a plain matmul (`head_logprobs` applies it), else the whole LM
         net = decoder_stack(_unwrapped(self.model)) if chunked else self.model
         head_kw = {} if chunked else {"logits_to_keep": 1}
-        past = None
-        if shared > 0 and ids.shape[0] > 1 and bool(mask[:, :shared].all()):
-            prefix = net(inputs_embeds=embeds[:1, :shared], use_cache=True, **head_kw)
-            past = spread_cache(output_cache(prefix), ids.shape[0])
+
+        def out_at(out):  # what the head reads: hidden states (chunked) or logits
+            return out.last_hidden_state if chunked else out.logits
+
+        # the prompt in shared pieces: [0, marker) once, [marker, P) once per distinct vector; `first` is then the
+        # output at P-1 (it predicts the first response token) for every row
+        past, start, first = None, 0, None
+        marker = self.prompt_ids.index(self.meta.tokens.injection_token_id)
+        if marker > 0 and rows > 1 and bool(mask[:, :p].all()):
+            prefix = net(inputs_embeds=embeds[:1, :marker], use_cache=True, **head_kw)
+            _, which = torch.unique(vectors, dim=0, return_inverse=True)
+            distinct = int(which.max()) + 1
+            past, start = spread_cache(output_cache(prefix), distinct if distinct < rows else rows), marker
+            if past is not None and distinct < rows:
+                rep = torch.full((distinct,), rows).scatter_reduce(0, which, torch.arange(rows), "amin")
+                tail = net(
+                    inputs_embeds=embeds[rep.to(ids.device), marker:p],
+                    attention_mask=mask[:distinct, :p],
+                    **{cache_kwarg(self.model): past, "use_cache": True},
+                    **head_kw,
+                )
+                which = which.to(ids.device)
+                past, start, first = spread_cache(output_cache(tail), which), p, out_at(tail)[which, -1:]
         kw = {cache_kwarg(self.model): past, "use_cache": True} if past is not None else {"use_cache": False}
-        start = shared if past is not None else 0
+        if past is None:
+            start = 0
         target = labels[:, p:]
         valid = target != -100
+        keep = {} if chunked else {"logits_to_keep": ids.shape[1] - max(start, p - 1)}
+        out = out_at(net(inputs_embeds=embeds[:, start:], attention_mask=mask, **kw, **keep))
+        # the outputs at positions P-1 .. T-2, each predicting the next (response) token
+        pred = out[:, :-1] if first is None else torch.cat([first, out[:, :-1]], 1)
+        pred = pred[:, pred.shape[1] - target.shape[1] :]
         if chunked:
-            out = net(inputs_embeds=embeds[:, start:], attention_mask=mask, **kw)
-            hidden = out.last_hidden_state[:, p - 1 - start : -1][valid]  # the positions that predict a response token
+            hidden = pred[valid]
             weight = self.model.get_output_embeddings().weight
             dev = hidden.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
@@ -273,10 +297,7 @@ class AV:
             zeros = torch.zeros(valid.shape, device=lp.device)
             logp, entropy = zeros.masked_scatter(valid, lp), zeros.masked_scatter(valid, ent)
             return (logp, entropy) if with_entropy else logp
-        out = self.model(
-            inputs_embeds=embeds[:, start:], attention_mask=mask, logits_to_keep=ids.shape[1] - p + 1, **kw
-        )
-        logits = out.logits[:, :-1].float()
+        logits = pred.float()
         # logit - logsumexp: no [B, T, vocab] log-softmax copy is kept for backward
         lse = torch.logsumexp(logits, -1)
         logp = (logits.gather(-1, target.clamp_min(0)[..., None])[..., 0] - lse) * valid

@@ -7,7 +7,8 @@ Two implementations:
   once at batch 1 and written once into a KV cache preallocated for the whole generation (a decode step appends in
   place); then a lean decode loop (last-position logits only, no logits-processor stack; a row leaves the batch when
   it finishes, where the cache can drop rows, so later steps cost only the rows still writing) with single-token
-  attention done as two small matmuls per layer, LoRA adapters merged for the duration, and inverse-CDF sampling.
+  attention done as two small matmuls per layer, LoRA adapters merged and bf16 weights prepacked for oneDNN for the
+  duration, and inverse-CDF sampling.
   Each row's sampling draws do not depend on which rows are still there; its tokens stay the same as far as the
   matmul kernels give the same result for a smaller batch (fp32 on CPU here; bf16 or a GPU may differ in the last
   bits, so a near-tie can go the other way).
@@ -231,6 +232,49 @@ def weights_in(model, dtype: torch.dtype | None):
                 p.data = data
 
 
+# ---- linears on prepacked weights for decoding -----------------------------------------------------------------------
+def _packs_linears() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@contextmanager
+def packed_linears(model, rows: int):
+    """For the duration, each bf16 `nn.Linear` on CPU computes on its weight prepacked by oneDNN (the blocked layout
+    its GEMM reads), packed at its first call for batches of about `rows` rows. Decoding multiplies a few rows by
+    each weight: there PyTorch's bf16 linear re-lays the weight out on every call, which costs a quarter of a decode
+    step (measured: RL rollouts 1.3x faster with the same tokens). The modules' own forwards are put back afterwards.
+    Where oneDNN lacks the ops, or a weight needs its gradient, the plain forward runs."""
+    device = model.get_input_embeddings().weight.device
+    linears = [
+        m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
+    ]  # subclasses (quantised, adapter) layers keep their own forward
+    if device.type != "cpu" or not linears or not _packs_linears():
+        yield
+        return
+    for m in linears:
+        m.forward = _packed_forward(m, rows)
+    try:
+        yield
+    finally:
+        for m in linears:
+            del m.forward  # the class's forward again
+
+
+def _packed_forward(module: torch.nn.Linear, rows: int):
+    plain = type(module).forward.__get__(module)
+    packed = None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        nonlocal packed
+        if torch.is_grad_enabled() and (module.weight.requires_grad or x.requires_grad):
+            return plain(x)
+        if packed is None:  # packed from the weight as it is now: the context ends before weights change
+            packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows)
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, module.bias, "none", [], "")
+
+    return forward
+
+
 # ---- a KV cache sized for the whole generation -----------------------------------------------------------------------
 class _PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys and values are views of buffers sized for the whole generation: appending a token
@@ -290,15 +334,19 @@ def preallocate(cache, batch: int, capacity: int):
     return cache
 
 
-def spread_cache(cache, batch: int):
-    """A batch-1 prefix's cache for `batch` rows to read: each layer's keys and values expanded (views, no copy). A
-    forward appends the rows' own positions by concatenation, which also carries gradients back to the prefix. None
-    where a layer keeps other per-row state (linear attention, convolutions): run the prefix in every row there."""
+def spread_cache(cache, rows: int | torch.Tensor):
+    """A prefix's cache for a larger batch to read: `rows` is that batch's size (a batch-1 cache, each layer's keys
+    and values expanded: views, no copy) or the cache row each new row reads (a gather). A forward appends the rows'
+    own positions by concatenation, which also carries gradients back to the prefix. None where a layer keeps other
+    per-row state (linear attention, convolutions): run the prefix in every row there."""
     if not all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
         return None
     for layer in cache.layers:
-        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
-        layer.values = layer.values.expand(batch, *layer.values.shape[1:])
+        if isinstance(rows, int):
+            layer.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+            layer.values = layer.values.expand(rows, *layer.values.shape[1:])
+        else:
+            layer.keys, layer.values = layer.keys[rows], layer.values[rows]
     return cache
 
 
@@ -322,7 +370,7 @@ def fast_generate(
     tokens = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=embeds.device)
     rows = torch.arange(batch, device=embeds.device)  # the original index of each row still in the batch
     steps = 0
-    with merged_lora(model), matmul_attention(model), torch.inference_mode():
+    with merged_lora(model), packed_linears(model, batch), matmul_attention(model), torch.inference_mode():
         past = None
         if shared_prefix > 0:
             out = model(inputs_embeds=embeds[:1, :shared_prefix], use_cache=True, logits_to_keep=1)
