@@ -231,7 +231,7 @@ def rl_step(nla_dir: str, data_dir: str, steps: int = 3) -> dict:
                 model="smollm2-135m", layers=[20], corpus="wiki", out=Path(data_dir), max_docs=64, positions_per_doc=2
             )
         )
-    rows = _rl_steps(make_base_nla(nla_dir), data_dir, steps)
+    rows = _rl_steps(make_base_nla(nla_dir), data_dir, steps, kl_every=1)  # every step runs the reference pass
     return {
         k: statistics.median(r[k] for r in rows)
         for k in ("sec", "sec_generate", "sec_reward", "sec_av_update", "sec_ar_update", "length")

@@ -178,17 +178,18 @@ def test_matmul_attention_equals_sdpa_for_one_query(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_matmul_attention_equals_sdpa_with_gradients(dtype):
-    """The training path (several queries after a cached prefix, gradients on): the same outputs and the same
-    gradients for queries, keys and values as SDPA, with the causal mask implied (None) or given with padding."""
+    """The training path (gradients on): the same outputs and the same gradients for queries, keys and values as
+    SDPA, with the causal mask implied (None, queries = keys) or given with padding after a cached prefix."""
     g = torch.Generator().manual_seed(1)
-    n_q, n_k = 5, 8  # the queries are the last 5 of 8 positions (a 3-position cached prefix)
-    q = torch.randn(3, 6, n_q, 16, generator=g).to(dtype)
+    n_q, n_k = 5, 8  # with a mask: the queries are the last 5 of 8 positions (a 3-position cached prefix)
     k, v = (torch.randn(3, 2, n_k, 16, generator=g).to(dtype) for _ in range(2))
     causal = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)
     padded = causal.expand(3, 1, n_q, n_k).clone()
     padded[1, ..., 6:] = False  # row 1: its last two keys are padding
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
-    for ours_mask, ref_mask in ((None, causal), (padded, padded)):
+    cases = [(n_k, None, torch.ones(n_k, n_k, dtype=torch.bool).tril()), (n_q, padded, padded)]
+    for queries, ours_mask, ref_mask in cases:
+        q = torch.randn(3, 6, queries, 16, generator=g).to(dtype)
         grads = []
         for fn in ("ours", "sdpa"):
             leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
@@ -202,6 +203,24 @@ def test_matmul_attention_equals_sdpa_with_gradients(dtype):
             grads.append([out.detach(), *(t.grad for t in leaves)])
         for ours, ref in zip(*grads, strict=True):
             torch.testing.assert_close(ours, ref, **tol)
+
+
+def test_matmul_attention_ignores_autocast_and_stays_finite_on_a_masked_row():
+    """Under CPU autocast the scores stay float32 (the output equals the one without autocast, bit for bit); a
+    query row that sees no key (left padding) gives finite values and leaves the other rows as they were."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 6, 4, 16, generator=g).to(torch.bfloat16).requires_grad_(True)
+    k, v = (torch.randn(2, 2, 4, 16, generator=g).to(torch.bfloat16) for _ in range(2))
+    mask = torch.ones(4, 4, dtype=torch.bool).tril().expand(2, 1, 4, 4).clone()
+    plain, _ = matmul_attention_forward(_Attention(), q, k, v, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast, _ = matmul_attention_forward(_Attention(), q, k, v, mask)
+    assert torch.equal(plain, autocast)
+    blind = mask.clone()
+    blind[1, :, 0] = False  # row 1's first query sees nothing
+    out, _ = matmul_attention_forward(_Attention(), q, k, v, blind)
+    assert torch.isfinite(out.float()).all()
+    assert torch.equal(out[0], plain[0]) and torch.equal(out[1, 1:], plain[1, 1:])
 
 
 def test_min_new_tokens_and_eos_padding(av):

@@ -269,7 +269,10 @@ class AV:
             distinct = int(which.max()) + 1
             past, start = spread_cache(output_cache(prefix), distinct if distinct < rows else rows), marker
             if past is not None and distinct < rows:
-                rep = torch.full((distinct,), rows).scatter_reduce(0, which, torch.arange(rows), "amin")
+                dev = which.device
+                rep = torch.full((distinct,), rows, device=dev).scatter_reduce(
+                    0, which, torch.arange(rows, device=dev), "amin"
+                )
                 tail = net(
                     inputs_embeds=embeds[rep.to(ids.device), marker:p],
                     attention_mask=mask[:distinct, :p],

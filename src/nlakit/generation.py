@@ -124,26 +124,36 @@ def matmul_attention_forward(module, query, key, value, attention_mask, scaling=
     ~10 ms per layer for that shape in bf16, the matmuls ~0.5 ms), and passes that backpropagate on CPU (its flash
     backward takes ~40 ms per layer of an RL AV update, the matmuls' ~14 ms), while the scores stay small. The query
     heads of each KV group attend as one [G*Q, T] matmul (no repeated keys). Scores and softmax are float32 as
-    inside SDPA; only the probabilities are rounded to the value dtype for the value matmul, as there."""
+    inside SDPA, autocast or not; only the probabilities are rounded to the value dtype for the value matmul, as
+    there. Masked scores get the dtype's minimum, as eager attention's, so a fully masked row stays finite."""
     b, h, q_len, d = query.shape
     t = key.shape[2]
     training = query.device.type == "cpu" and torch.is_grad_enabled() and b * h * q_len * t <= MATMUL_SCORES_LIMIT
-    if (q_len != 1 and not training) or dropout or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+    unsupported = any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "position_bias"))
+    # without a mask, transformers means causal aligned to the first key (SDPA crops the keys): only q == t is plain
+    implicit = attention_mask is None and q_len > 1 and q_len != t
+    if (q_len != 1 and not training) or dropout or unsupported or implicit:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     groups = key.shape[1]
-    q = query.reshape(b, groups, h // groups * q_len, d).float()
-    scores = torch.matmul(q, key.float().transpose(-1, -2)) * (d**-0.5 if scaling is None else scaling)
-    scores = scores.view(b, groups, h // groups, q_len, t)
-    if attention_mask is not None:  # [B, 1, Q, T]: broadcasts over the KV groups and their heads
-        mask = attention_mask[:, :, None]
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    elif q_len > 1 and getattr(module, "is_causal", True):  # SDPA's is_causal, aligned to the last key
-        hidden = torch.ones(q_len, t, dtype=torch.bool, device=scores.device).triu_(t - q_len + 1)
-        scores = scores.masked_fill(hidden, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, groups, h // groups * q_len, t)
-    out = torch.matmul(probs, value).view(b, h, q_len, d)
+    with torch.autocast(query.device.type, enabled=False):  # CPU autocast would round the scores to bf16
+        q = query.reshape(b, groups, h // groups * q_len, d).float()
+        scores = torch.matmul(q, key.float().transpose(-1, -2)) * (d**-0.5 if scaling is None else scaling)
+        scores = scores.view(b, groups, h // groups, q_len, t)
+        hidden = None
+        if attention_mask is not None:  # [B, 1, Q, T]: broadcasts over the KV groups and their heads
+            mask = attention_mask[:, :, None]
+            if mask.dtype == torch.bool:
+                hidden = ~mask
+            else:
+                scores = scores + mask
+        elif q_len > 1 and kwargs.get("is_causal", getattr(module, "is_causal", True)):
+            hidden = torch.ones(q_len, t, dtype=torch.bool, device=scores.device).triu_(1)
+        if hidden is not None:
+            scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, groups, h // groups * q_len, t)
+        out = torch.matmul(probs, value).view(b, h, q_len, value.shape[-1])
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -234,7 +244,15 @@ def weights_in(model, dtype: torch.dtype | None):
 
 # ---- linears on prepacked weights for decoding -----------------------------------------------------------------------
 def _packs_linears() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """oneDNN's linear ops exist and this CPU runs their bf16 path (AVX-512 BW/VL/DQ or newer; packing raises
+    elsewhere, where the plain bf16 linear is the one to use)."""
+    ops = torch.ops.mkldnn
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_linear_pointwise")
+        and hasattr(ops, "_is_mkldnn_bf16_supported")
+        and bool(ops._is_mkldnn_bf16_supported())
+    )
 
 
 @contextmanager
@@ -244,11 +262,17 @@ def packed_linears(model, rows: int):
     each weight: there PyTorch's bf16 linear re-lays the weight out on every call, which costs a quarter of a decode
     step (measured: RL rollouts 1.3x faster with the same tokens). The modules' own forwards are put back afterwards.
     Where oneDNN lacks the ops, or a weight needs its gradient, the plain forward runs."""
-    device = model.get_input_embeddings().weight.device
+    # plain CPU bf16 linears only: subclasses (quantised, adapter layers), weights elsewhere (a device_map) and
+    # modules whose forward is already replaced (accelerate's hooks, an enclosing packing) keep their forward
     linears = [
-        m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
-    ]  # subclasses (quantised, adapter) layers keep their own forward
-    if device.type != "cpu" or not linears or not _packs_linears():
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear
+        and m.weight.dtype == torch.bfloat16
+        and m.weight.device.type == "cpu"
+        and "forward" not in vars(m)
+    ]
+    if not linears or torch.is_autocast_enabled("cpu") or not _packs_linears():
         yield
         return
     for m in linears:

@@ -333,7 +333,7 @@ def train_step(run: RLRun, step: int) -> dict:
             "reward": float(reward.mean()),
             "mse_nrm": float(mse[ok].mean()) if ok.any() else 2.0,
             "length": float(rollout.lengths.float().mean()),
-            **({"kl": float(kl)} if kl is not None else {}),
+            **({"kl": float(kl.detach())} if kl is not None else {}),
             "failed": float((~ok).float().mean()),
             "entropy": float((entropy.sum(1) / rollout.valid.sum(1).clamp_min(1)).mean()),
             "ar_loss": float(ar_loss.detach()),
