@@ -17,7 +17,7 @@ Two implementations:
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 import torch
@@ -123,9 +123,10 @@ def matmul_attention_forward(module, query, key, value, attention_mask, scaling=
     """SDPA, except where two matmuls are faster: a single query token (decoding: PyTorch's CPU flash kernel takes
     ~10 ms per layer for that shape in bf16, the matmuls ~0.5 ms), and passes that backpropagate on CPU (its flash
     backward takes ~40 ms per layer of an RL AV update, the matmuls' ~14 ms), while the scores stay small. The query
-    heads of each KV group attend as one [G*Q, T] matmul (no repeated keys). Scores and softmax are float32 as
-    inside SDPA, autocast or not; only the probabilities are rounded to the value dtype for the value matmul, as
-    there. Masked scores get the dtype's minimum, as eager attention's, so a fully masked row stays finite."""
+    heads of each KV group attend as one [G*Q, T] matmul (no repeated keys). Queries, keys, scores and softmax are
+    float32, autocast or not (SDPA under CPU autocast reads bf16 queries and keys); only the probabilities are rounded
+    to the value dtype for the value matmul. Masked scores get the dtype's minimum, as eager attention's, so a fully
+    masked row stays finite under a boolean or implied mask."""
     b, h, q_len, d = query.shape
     t = key.shape[2]
     training = query.device.type == "cpu" and torch.is_grad_enabled() and b * h * q_len * t <= MATMUL_SCORES_LIMIT
@@ -137,7 +138,12 @@ def matmul_attention_forward(module, query, key, value, attention_mask, scaling=
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     groups = key.shape[1]
-    with torch.autocast(query.device.type, enabled=False):  # CPU autocast would round the scores to bf16
+    no_autocast = (
+        torch.autocast(query.device.type, enabled=False)
+        if torch.amp.is_autocast_available(query.device.type)
+        else nullcontext()
+    )
+    with no_autocast:  # CPU autocast would round the scores to bf16
         q = query.reshape(b, groups, h // groups * q_len, d).float()
         scores = torch.matmul(q, key.float().transpose(-1, -2)) * (d**-0.5 if scaling is None else scaling)
         scores = scores.view(b, groups, h // groups, q_len, t)
@@ -148,13 +154,18 @@ def matmul_attention_forward(module, query, key, value, attention_mask, scaling=
                 hidden = ~mask
             else:
                 scores = scores + mask
-        elif q_len > 1 and kwargs.get("is_causal", getattr(module, "is_causal", True)):
+        elif q_len > 1 and _causal(module, kwargs.get("is_causal")):
             hidden = torch.ones(q_len, t, dtype=torch.bool, device=scores.device).triu_(1)
         if hidden is not None:
             scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, groups, h // groups * q_len, t)
         out = torch.matmul(probs, value).view(b, h, q_len, value.shape[-1])
     return out.transpose(1, 2).contiguous(), None
+
+
+def _causal(module, is_causal: bool | None) -> bool:
+    """SDPA's rule: the call's `is_causal` where given, else the module's (decoder attention is causal)."""
+    return getattr(module, "is_causal", True) if is_causal is None else bool(is_causal)
 
 
 AttentionInterface.register(MATMUL_ATTENTION, matmul_attention_forward)
@@ -261,7 +272,8 @@ def packed_linears(model, rows: int):
     its GEMM reads), packed at its first call for batches of about `rows` rows. Decoding multiplies a few rows by
     each weight: there PyTorch's bf16 linear re-lays the weight out on every call, which costs a quarter of a decode
     step (measured: RL rollouts 1.3x faster with the same tokens). The modules' own forwards are put back afterwards.
-    Where oneDNN lacks the ops, or a weight needs its gradient, the plain forward runs."""
+    The plain forward runs where oneDNN lacks the ops or this CPU its bf16 path (no AVX-512), under autocast, and
+    for a call whose weight, bias or input needs a gradient."""
     # plain CPU bf16 linears only: subclasses (quantised, adapter layers), weights elsewhere (a device_map) and
     # modules whose forward is already replaced (accelerate's hooks, an enclosing packing) keep their forward
     linears = [
@@ -290,7 +302,7 @@ def _packed_forward(module: torch.nn.Linear, rows: int):
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         nonlocal packed
-        if torch.is_grad_enabled() and (module.weight.requires_grad or x.requires_grad):
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
             return plain(x)
         if packed is None:  # packed from the weight as it is now: the context ends before weights change
             packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows)
