@@ -27,10 +27,8 @@ tok, model, cfg = nla.target_tokenizer(), nla.target_lm(), EvalConfig(out="-")
 def prepare(cases, gen):
     out = []
     for case in cases:
-        prompt, word = case[0], case[1]
-        ids, acts = nla.activations(prompt)
-        pos = len(ids) - 1 if len(case) < 3 else len(nla.tokenize(prompt[: prompt.index(case[2]) + len(case[2])])) - 1
-        h = acts[pos : pos + 1]
+        word = case[1]
+        ids, pos, h = ev.steer_case_activation(nla, case)
         cands = [c or "(empty)" for c in nla.candidates(h, K, max_new_tokens=cfg.max_new_tokens)[0]]
         rec = nla.reconstruct(cands + [ev.edit_toward(c, word, "replace") for c in cands])
         rand = torch.randn(8, h.shape[-1], generator=gen)  # drawn as eval draws them

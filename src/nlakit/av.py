@@ -261,13 +261,13 @@ class AV:
 
         # the prompt in shared pieces: [0, marker) once, [marker, P) once per distinct vector; `first` is then the
         # output at P-1 (it predicts the first response token) for every row
-        past, start, first = None, 0, None
+        past, first = None, None
         marker = self.prompt_ids.index(self.meta.tokens.injection_token_id)
         if marker > 0 and rows > 1 and bool(mask[:, :p].all()):
             prefix = net(inputs_embeds=embeds[:1, :marker], use_cache=True, **head_kw)
             _, which = torch.unique(vectors, dim=0, return_inverse=True)
             distinct = int(which.max()) + 1
-            past, start = spread_cache(output_cache(prefix), distinct if distinct < rows else rows), marker
+            past = spread_cache(output_cache(prefix), distinct)
             if past is not None and distinct < rows:
                 dev = which.device
                 rep = torch.full((distinct,), rows, device=dev).scatter_reduce(
@@ -280,10 +280,9 @@ class AV:
                     **head_kw,
                 )
                 which = which.to(ids.device)
-                past, start, first = spread_cache(output_cache(tail), which), p, out_at(tail)[which, -1:]
+                past, first = spread_cache(output_cache(tail), which), out_at(tail)[which, -1:]
+        start = p if first is not None else marker if past is not None else 0  # where the cached positions end
         kw = {cache_kwarg(self.model): past, "use_cache": True} if past is not None else {"use_cache": False}
-        if past is None:
-            start = 0
         target = labels[:, p:]
         valid = target != -100
         keep = {} if chunked else {"logits_to_keep": ids.shape[1] - max(start, p - 1)}

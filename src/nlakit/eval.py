@@ -542,6 +542,16 @@ def round_trip(nla: NLA, samples, vectors, logp_orig, reconstructions, gen: torc
     return {name: {"kl_mean": float(np.mean(v)), "kl_median": float(np.median(v))} for name, v in kls.items()}
 
 
+def steer_case_activation(nla: NLA, case: tuple) -> tuple[list[int], int, torch.Tensor]:
+    """A steering case's prompt ids, the position it edits and the [1, d] activation there: the prompt's last token,
+    or where a third field names the text the edit is made at (its last token); the effect is read at the prompt's
+    end either way."""
+    prompt = case[0]
+    ids, acts = nla.activations(prompt)
+    pos = len(ids) - 1 if len(case) < 3 else len(nla.tokenize(prompt[: prompt.index(case[2]) + len(case[2])])) - 1
+    return ids, pos, acts[pos : pos + 1]
+
+
 @torch.no_grad()
 def _steer_prepare(nla: NLA, cases, cfg: EvalConfig, gen: torch.Generator, n_random: int) -> list[tuple]:
     """Each case's activation, original explanation, both edits and their reconstructions, random directions."""
@@ -549,10 +559,7 @@ def _steer_prepare(nla: NLA, cases, cfg: EvalConfig, gen: torch.Generator, n_ran
     prepared = []
     for case in cases:
         prompt, word = case[0], case[1]
-        ids, acts = nla.activations(prompt)
-        # a third field names the text the edit is made at (its last token); the effect is read at the end
-        pos = len(ids) - 1 if len(case) < 3 else len(nla.tokenize(prompt[: prompt.index(case[2]) + len(case[2])])) - 1
-        h = acts[pos : pos + 1]
+        ids, pos, h = steer_case_activation(nla, case)
         original = nla.verbalize(h, max_new_tokens=cfg.max_new_tokens)[0] or "(empty)"
         edits = {form: edit_toward(original, word, form) for form in EDIT_FORMS}
         rec = nla.reconstruct([original, *edits.values()])
