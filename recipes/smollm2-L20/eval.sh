@@ -3,7 +3,8 @@
 # (--compare-ar), so the two columns differ only by the AR. Sets (document-level; no shipped NLA trained on them):
 #   wiki_test:        documents of v1's test split (ids in splits/wiki_test.txt, from wiki_split_ids.py), 300
 #                     positions; the retrieval baseline and the nearest-vector oracle need the split's train
-#                     activations (runs/smollm2-L20/v1_split/train) and are left out where they are missing
+#                     activations (runs/smollm2-L20/v1_split/train, else av_v6.sh's v6_acts_train) and are left out
+#                     where both are missing
 #   fiction_reviews:  24 fiction + 23 review documents written from seed-1 prompts (120 positions): registers no NLA
 #                     trained on
 #   chat_fresh:       40 chat conversations written from seed-2 prompts (120 positions): documents no NLA trained on,
@@ -29,6 +30,8 @@ EXTRA=("$@")
 # 120 tokens: the cap every committed report used (nla eval now defaults to the AV's training cap, 110 here)
 run() { $NLA eval --nla $SRC --compare-ar $CMP --max-positions 300 --max-new-tokens 120 "${EXTRA[@]}" "$@"; }
 TRAIN=(); [ -d $R/v1_split/train ] && TRAIN=(--train-data $R/v1_split/train)
+# av_v6.sh's training activations hold every document of the same wiki train split (and other registers)
+[ -z "${TRAIN[*]}" ] && [ -d $R/v6_acts_train ] && TRAIN=(--train-data $R/v6_acts_train)
 [ -f $OUT/wiki_test/report.md ] || run --corpus wiki --docs-from recipes/smollm2-L20/splits/wiki_test.txt "${TRAIN[@]}" \
     --out $OUT/wiki_test
 [ -f $R/synth_heldout.jsonl ] || $NLA synth --out $R/synth_heldout.jsonl --registers fiction,reviews --docs-per-register 24 --seed 1 --dtype float32
