@@ -42,6 +42,12 @@ STAGES = (  # (log file, metric, label, line style)
         "AV on more teacher pairs via v5's AR (160 of the 330 rows; shipped AV: 0.364)",
         "-",
     ),
+    (
+        "av_v6_metrics.jsonl",
+        "val_fve_nrm",
+        "v6 try: AV afresh on every teacher pair via v5's AR (96 mixed val rows; shipped: 0.408)",
+        "-",
+    ),
 )
 GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 
@@ -75,8 +81,9 @@ def main() -> None:
 
     reports = [(p, json.loads(p.read_text())) for p in args.best_of]
     panels = 3 if reports else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), width_ratios=(2, 1, 1)[:panels], sharey=True)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 6), width_ratios=(2, 1, 1)[:panels], sharey=True)
     ax, gpu = axes[0], axes[1]
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more stages than the default ten colours
     offset = 0.0
     for name, key, label, style in STAGES:
         log = args.logs / name
@@ -101,7 +108,7 @@ def main() -> None:
     for a in axes:
         a.axhline(0.5, color="grey", ls="--", lw=0.8, label="goal 0.5")
         a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+        a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: the curves stay visible
     ax.set_xlabel("training CPU-hours (2 cores)")
     ax.set_ylabel("val fve_nrm")
     gpu.set_xlabel("training GPU-minutes (one H100)")

@@ -6,7 +6,9 @@
 set -euo pipefail
 NLA=${NLA:-.venv/bin/nla}
 R=runs/smollm2-L20
-SHIP=src/nlakit/assets/nla/smollm2-135m-L20
+# v5, the package's NLA at 207a29f: where the adapted AR starts (a later package may hold another AR)
+V5=$R/nla_v5
+[ -d $V5/ar ] || { mkdir -p $V5 && git archive 207a29f src/nlakit/assets/nla/smollm2-135m-L20 | tar -x --strip-components=5 -C $V5; }
 AV6=$R/nla_v6    # the v6 AV with v5's AR (av_v6.sh)
 OUT=$R/nla_v6r   # the v6 AV with the adapted AR
 [ -f $AV6/av/nla_meta.yaml ] || { echo "run av_v6.sh to the end first" >&2; exit 2; }
