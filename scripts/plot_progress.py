@@ -83,7 +83,7 @@ def main() -> None:
     panels = 3 if reports else 2
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 6), width_ratios=(2, 1, 1)[:panels], sharey=True)
     ax, gpu = axes[0], axes[1]
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more stages than the default ten colours
+    ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # > 10 stages; shades apart
     offset = 0.0
     for name, key, label, style in STAGES:
         log = args.logs / name

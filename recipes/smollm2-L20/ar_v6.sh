@@ -12,6 +12,7 @@ V5=$R/nla_v5
 AV6=$R/nla_v6    # the v6 AV with v5's AR (av_v6.sh)
 OUT=$R/nla_v6r   # the v6 AV with the adapted AR
 [ -f $AV6/av/nla_meta.yaml ] || { echo "run av_v6.sh to the end first" >&2; exit 2; }
+[ ! -d $R/cc_split ] || { echo "v6 trained on documents of $R/cc_split/test (seed-0 chat and code): move it aside so that eval.sh does not score them" >&2; exit 2; }
 # 1. the v6 AV's greedy text through v5's AR, and through v4's AR alongside (--compare-ar); v5's own figures on the
 #    same sets are the greedy columns of reports/smollm2-135m-L20/v5best8
 [ -d $R/nla_v4/ar ] || { mkdir -p $R/nla_v4 && git archive bb7ee3e src/nlakit/assets/nla/smollm2-135m-L20 | tar -x --strip-components=5 -C $R/nla_v4; }

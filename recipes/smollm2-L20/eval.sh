@@ -3,8 +3,8 @@
 # (--compare-ar), so the two columns differ only by the AR. Sets (document-level; no shipped NLA trained on them):
 #   wiki_test:        documents of v1's test split (ids in splits/wiki_test.txt, from wiki_split_ids.py), 300
 #                     positions; the retrieval baseline and the nearest-vector oracle need the split's train
-#                     activations (runs/smollm2-L20/v1_split/train, else av_v6.sh's v6_acts_train) and are left out
-#                     where both are missing
+#                     activations (runs/smollm2-L20/v1_split/train, else av_v6.sh's v6_acts_train, which also holds
+#                     fp32-extracted rows of other registers) and are left out where both are missing
 #   fiction_reviews:  24 fiction + 23 review documents written from seed-1 prompts (120 positions): registers no NLA
 #                     trained on
 #   chat_fresh:       40 chat conversations written from seed-2 prompts (120 positions): documents no NLA trained on,
