@@ -28,7 +28,7 @@ def test_ar_sft_beats_predict_the_mean(nla_dir, tiny_pairs):
     assert (out / "train_ar" / "curves.png").stat().st_size > 1000
 
 
-def test_av_sft_learns_and_reads_the_vector(nla_dir):
+def test_av_sft_learns_and_reads_the_vector(nla_dir, tiny_pairs):
     out, _, result = nla_dir
     rows = [json.loads(ln) for ln in (out / "train_av" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
@@ -36,6 +36,10 @@ def test_av_sft_learns_and_reads_the_vector(nla_dir):
     # the AR trained first scores the AV's own explanations and the teacher's on the same rows
     assert {"val_fve_nrm", "val_teacher_fve_nrm", "val_av_over_teacher"} <= result.keys()
     assert result["val_av_over_teacher"] == pytest.approx(result["val_fve_nrm"] / result["val_teacher_fve_nrm"])
+    # a fresh AV's generation cap is the longest response it learned to write (not the reference client's 200)
+    av = AV.from_pretrained(out / "av", dtype="float32")
+    train = load_pairs(str(tiny_pairs["train"]), "explanation")
+    assert av.meta.max_new_tokens == max(len(av.response_ids(t)) for t in train.texts) < 200
 
 
 def test_nla_folder_loads_and_runs(nla_dir, tiny_pairs):

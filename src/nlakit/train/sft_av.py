@@ -59,6 +59,10 @@ def train_av(cfg: SFTConfig) -> dict[str, float]:
         )
     else:
         av = AV.from_base(base, meta, device=cfg.device, dtype=cfg.dtype)
+        # its generation cap is the longest response it learns to write, closing tokens included: explain and eval
+        # stop there, not at the reference client's 200, which lets a repeating AV run on
+        cap = max(len(av.response_ids(t)) for t in train.texts)
+        av.meta = replace(av.meta, training={**(av.meta.training or {}), "max_new_tokens": cap})
         if cfg.lora:
             av.model = add_lora(av.model, cfg.lora_r, cfg.lora_alpha, task_type="CAUSAL_LM")
     val = load_pairs(cfg.val_data, cfg.explanation_column, cfg.eval_rows) if cfg.val_data else None
