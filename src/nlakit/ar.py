@@ -14,7 +14,14 @@ from nlakit.generation import matmul_attention
 from nlakit.io import umask_modes
 from nlakit.maths import mse_nrm
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
-from nlakit.models import final_norm_to_identity, load_backbone, load_config, load_tokenizer, model_device
+from nlakit.models import (
+    final_norm_to_identity,
+    load_backbone,
+    load_config,
+    load_tokenizer,
+    merge_lora,
+    model_device,
+)
 
 VALUE_HEAD = "value_head.safetensors"
 QUOTE_MARKS = '"\u201c\u201d'
@@ -168,12 +175,13 @@ class AR(torch.nn.Module):
             raise NlakitError(f"{path} has no {VALUE_HEAD}; an AR checkpoint needs its value head")
         n = meta.extraction_layer_index + 1
         if (path / "adapter_config.json").is_file():
-            from peft import PeftModel
-
             backbone = load_backbone(base, num_layers=n, device=device, dtype=dtype, device_map=device_map)
-            backbone = PeftModel.from_pretrained(backbone, path, is_trainable=trainable)
-            if not trainable:
-                backbone = backbone.merge_and_unload()
+            if trainable or not merge_lora(backbone, path):  # as in AV.from_pretrained
+                from peft import PeftModel
+
+                backbone = PeftModel.from_pretrained(backbone, path, is_trainable=trainable)
+                if not trainable:
+                    backbone = backbone.merge_and_unload()
         else:
             stored = load_config(path).num_hidden_layers
             if stored != n:
