@@ -30,6 +30,16 @@ def test_smollm2_loads_with_sane_wiki_loss():
     assert 2.5 < loss < 3.8, loss  # measured 3.09 on 64 docs x 64 tokens (CPU_FACTS §2)
 
 
+def test_shipped_adapters_merge_without_peft():
+    """The package's NLA loads on the PEFT-free path (`merge_lora`), which BENCHMARKS' load time counts on."""
+    from nlakit.models import load_backbone, merge_lora
+    from nlakit.nla import resolve_nla_path
+
+    root = resolve_nla_path("smollm2-135m-L20")
+    assert merge_lora(load_causal_lm("smollm2-135m"), root / "av")
+    assert merge_lora(load_backbone("smollm2-135m", num_layers=21), root / "ar")
+
+
 def _assert_fast_equals_hf(av) -> None:
     """Greedy ids from the fast path and from plain HF generate agree over their common length."""
     from nlakit.generation import SamplingConfig, fast_generate, hf_generate

@@ -19,8 +19,8 @@ from nlakit.models import (
     load_backbone,
     load_config,
     load_tokenizer,
-    merge_lora,
     model_device,
+    with_adapters,
 )
 
 VALUE_HEAD = "value_head.safetensors"
@@ -176,12 +176,7 @@ class AR(torch.nn.Module):
         n = meta.extraction_layer_index + 1
         if (path / "adapter_config.json").is_file():
             backbone = load_backbone(base, num_layers=n, device=device, dtype=dtype, device_map=device_map)
-            if trainable or not merge_lora(backbone, path):  # as in AV.from_pretrained
-                from peft import PeftModel
-
-                backbone = PeftModel.from_pretrained(backbone, path, is_trainable=trainable)
-                if not trainable:
-                    backbone = backbone.merge_and_unload()
+            backbone = with_adapters(backbone, path, trainable)
         else:
             stored = load_config(path).num_hidden_layers
             if stored != n:

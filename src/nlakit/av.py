@@ -26,7 +26,7 @@ from nlakit.injection import check_tokens, check_vectors, find_marker, inject, m
 from nlakit.io import umask_modes
 from nlakit.maths import head_logprobs
 from nlakit.meta import ModelMeta, read_model_meta, write_model_meta
-from nlakit.models import decoder_stack, load_causal_lm, load_tokenizer, merge_lora
+from nlakit.models import decoder_stack, load_causal_lm, load_tokenizer, with_adapters
 
 EXPLANATION_RE = re.compile(r"<explanation>(.*?)</explanation>", re.DOTALL)
 INPUT_PROJ = "input_proj.safetensors"
@@ -381,14 +381,9 @@ class AV:
             else load_tokenizer(base)
         )
         if (path / "adapter_config.json").is_file():
-            model = load_causal_lm(base, device=device, dtype=dtype, device_map=device_map)
-            # merged, plain weights decode faster; training keeps the adapters (PEFT)
-            if trainable or not merge_lora(model, path):
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
-                if not trainable:
-                    model = model.merge_and_unload()
+            model = with_adapters(
+                load_causal_lm(base, device=device, dtype=dtype, device_map=device_map), path, trainable
+            )
         else:
             model = load_causal_lm(path, device=device, dtype=dtype, device_map=device_map)
         proj = None
