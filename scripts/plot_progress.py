@@ -48,6 +48,7 @@ STAGES = (  # (log file, metric, label, line style)
         "v6 try: AV afresh on every teacher pair via v5's AR (96 mixed val rows; shipped: 0.408)",
         "-",
     ),
+    ("ar_v6_metrics.jsonl", "val_fve_nrm", "v6: v5's AR adapted to the v6 AV's text (all 354 val rows)", "-"),
 )
 GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # v6 candidate, second half: v5's AR adapted to the v6 AV's (av_v6.sh) own greedy text (as v2-v5 adapted theirs),
-# the held-out eval of that pair, then the held-out eval of the v6 AV through v5's unadapted AR. Every stage resumes
-# or skips finished work, so run the script again after an interruption:
+# then the held-out eval of that pair; its --compare-ar column reads the same text through v5's unadapted AR (av_v6.sh
+# copied it to nla_v6). Every stage resumes or skips finished work, so run the script again after an interruption:
 #     nohup nice -n 5 recipes/smollm2-L20/ar_v6.sh > runs/smollm2-L20/ar_v6.log 2>&1 &
 set -euo pipefail
 NLA=${NLA:-.venv/bin/nla}
@@ -21,8 +21,3 @@ mkdir -p $OUT
 [ -d $OUT/av ] || cp -r $AV6/av $OUT/av
 $NLA train ar --config recipes/smollm2-L20/ar_v6.yaml
 recipes/smollm2-L20/eval.sh $OUT $AV6 reports/smollm2-135m-L20/v6
-# 3. the v6 AV's greedy text through v5's AR, and through v4's AR alongside (--compare-ar); v5's own figures on the
-#    same sets are the greedy columns of reports/smollm2-135m-L20/v5best8; last, as the
-#    ship decision needs only step 2's report
-[ -d $R/nla_v4/ar ] || { mkdir -p $R/nla_v4 && git archive bb7ee3e src/nlakit/assets/nla/smollm2-135m-L20 | tar -x --strip-components=5 -C $R/nla_v4; }
-recipes/smollm2-L20/eval.sh $AV6 $R/nla_v4 reports/smollm2-135m-L20/v6a
