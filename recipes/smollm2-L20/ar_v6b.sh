@@ -53,3 +53,5 @@ mkdir -p $OUT
 [ -f $OUT/nla_meta.yaml ] || cp $AV6/nla_meta.yaml $OUT/nla_meta.yaml
 $NLA train ar --config recipes/smollm2-L20/ar_v6b.yaml
 recipes/smollm2-L20/eval.sh $OUT $AV6 reports/smollm2-135m-L20/v6b
+# 4. the difference from v5 with a paired interval (the same positions, each pair reading its own text)
+[ -f reports/smollm2-135m-L20/v6b/paired_vs_v5.json ] || .venv/bin/python recipes/smollm2-L20/paired_vs_v5.py $OUT reports/smollm2-135m-L20/v6b/paired_vs_v5.json
