@@ -1,6 +1,7 @@
 """A candidate NLA against v5 on eval.sh's three held-out sets, with a paired interval: each pair's greedy text
 (120-token cap, as eval.sh) read by its own AR at the same positions, per-row mse, 95% interval from resampling
-documents. eval.sh's reports give each pair's figure; this gives the difference its interval. Usage:
+documents. eval.sh's reports give each pair's figure; this gives the difference its interval (its v5 column should
+repeat v5best8's greedy figures: 0.387, 0.269, 0.323). Usage:
     .venv/bin/python recipes/smollm2-L20/paired_vs_v5.py runs/smollm2-L20/nla_v6b \
         reports/smollm2-135m-L20/v6b/paired_vs_v5.json
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 from nlakit.config import EvalConfig
 from nlakit.eval import collect, eval_documents
 from nlakit.io import atomic_write_text
-from nlakit.maths import mse_nrm, paired_bootstrap, rawvar_baseline
+from nlakit.maths import paired_bootstrap, rawvar_baseline
 from nlakit.nla import NLA
 
 R = "runs/smollm2-L20"
@@ -33,7 +34,7 @@ def main(candidate: str, out: str) -> None:
         mse = {}
         for tag, nla in (("candidate", new), ("v5", v5)):
             texts = nla.verbalize(vectors, max_new_tokens=120)
-            mse[tag] = mse_nrm(nla.ar.reconstruct(texts), vectors, nla.ar.meta.mse_scale)
+            mse[tag] = nla.score(texts, vectors)["mse_nrm"]  # an empty text scores mse 2, as in nla eval
         d, lo, hi = paired_bootstrap(mse["candidate"], mse["v5"], [s.doc_id for s in samples], rawvar)
         fve = {tag: 1 - float(m.mean()) / rawvar for tag, m in mse.items()}
         result[name] = {"n": len(samples), **fve, "candidate_minus_v5": d, "ci95": [lo, hi]}
