@@ -49,7 +49,12 @@ STAGES = (  # (log file, metric, label, line style)
         "-",
     ),
     ("ar_v6_metrics.jsonl", "val_fve_nrm", "v6: v5's AR adapted to the v6 AV's text (all 354 val rows)", "-"),
-    ("ar_v6b_metrics.jsonl", "val_fve_nrm", "v6b: the same on a register-balanced mix (same 354 rows; variance of its mix)", "-"),
+    (
+        "ar_v6b_metrics.jsonl",
+        "val_fve_nrm",
+        "v6b: the same on a register-balanced mix (same 354 rows; variance of its mix)",
+        "-",
+    ),
 )
 GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 
