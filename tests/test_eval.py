@@ -125,6 +125,7 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
         steer_alphas=(0.5, 1.0),
         train_data=str(tiny_pairs["train"]),
         compare_ar=str(nla_dir[0]),  # the same AR again: it must read the same explanations the same way
+        compare_nla=str(nla_dir[0]),  # the same pair again, under the same protocol: the same text, the same figures
         dtype="float32",  # the compare AR loads in cfg.dtype; "auto" is bf16 on AVX-512 BF16 CPUs, unlike `nla` here
         best_of=3,
     )
@@ -160,6 +161,9 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     assert bo["gain_over_greedy"]["fve_nrm"] == pytest.approx(r["fve_nrm"] - bo["greedy"]["fve_nrm"], abs=1e-5)
     assert lo <= bo["gain_over_greedy"]["fve_nrm"] <= hi
     assert r["compare_ar"]["this_minus_other"]["fve_nrm"] == pytest.approx(0, abs=1e-5)  # the same AR twice
+    assert r["compare_nla"]["fve_nrm"] == pytest.approx(r["fve_nrm"], abs=1e-5)
+    assert r["compare_nla"]["this_minus_other"]["fve_nrm"] == pytest.approx(0, abs=1e-5)
+    assert r["compare_nla"]["layer"] == r["layer"] and len(r["compare_nla"]["examples"]) == 3
     assert (tmp_path / "rep" / "best_of.png").stat().st_size > 5000
     rt = r["round_trip"]
     assert all(v["kl_mean"] >= -1e-6 for v in rt.values())
@@ -173,7 +177,7 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     assert all(v["n"] == 2 for v in dev.values())
     assert sum(v["n"] for v in r["breakdown"]["position"].values()) == 24
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "fve_nrm" in md and "Steganography" in md and "Round-trip" in md
+    assert "fve_nrm" in md and "Steganography" in md and "Round-trip" in md and "Another NLA" in md
     for png in ("fidelity.png", "probes.png", "causal.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 5000
 
@@ -208,3 +212,13 @@ def test_best_of_picks_the_candidate_nearest_its_vector(nla_dir, tiny_pairs):
     assert texts == [c[j] for c, j in zip(cands, best, strict=True)]
     assert nla.verbalize(v, best_of=4, max_new_tokens=16) == texts
     assert nla.pick_best([[t] for t in texts], v) == (texts, [0] * 6)
+
+
+def test_compare_nla_refuses_other_width(nla_dir, tmp_path):
+    from nlakit.eval import compare_nla
+    from nlakit.meta import read_model_meta
+
+    cfg = EvalConfig(out=str(tmp_path / "rep"), compare_nla=str(nla_dir[0]), dtype="float32")
+    d = read_model_meta(nla_dir[0] / "ar").d_model
+    with pytest.raises(NlakitError, match="d_model"):
+        compare_nla(cfg, torch.ones(2, d + 1), torch.zeros(2), ["a", "b"], 1.0, 1.0)

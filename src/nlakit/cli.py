@@ -546,6 +546,10 @@ def eval_cmd(
     compare_ar: Annotated[
         str | None, typer.Option(help="Another AR (or NLA folder) reading the same explanations, e.g. before training.")
     ] = None,
+    compare_nla: Annotated[
+        str | None,
+        typer.Option(help="Another NLA (folder or shipped name) explaining the same positions: a paired difference."),
+    ] = None,
     max_positions: Annotated[int, typer.Option(min=1, help="Positions scored in all.")] = EvalConfig.max_positions,
     positions_per_doc: Annotated[
         int, typer.Option(min=1, help="Positions sampled per document.")

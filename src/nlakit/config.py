@@ -247,6 +247,7 @@ class EvalConfig(ModelConfig):
     docs_from: str | None = None  # a dataset (e.g. split/test) or a .txt of ids: evaluate exactly those documents
     train_data: str | None = None  # the training activations: nearest-context baseline, oracle, overlap check
     compare_ar: str | None = None  # another AR (or NLA folder): it reads the same explanations, e.g. before/after
+    compare_nla: str | None = None  # another NLA: it explains the same positions and reads its own text
     max_positions: int = 256
     positions_per_doc: int = 3
     min_position: int = DEFAULT_MIN_POSITION

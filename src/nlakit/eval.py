@@ -457,6 +457,10 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
                 read["explanation"]["mse_nrm"], read["greedy"]["mse_nrm"], docs_of_rows, rawvar
             )
             report["compare_ar"]["pick_minus_greedy"] = {"fve_nrm": d, "ci95": [lo, hi]}
+    if cfg.compare_nla:
+        report["compare_nla"] = compare_nla(
+            cfg, vectors, scores["explanation"]["mse_nrm"], docs_of_rows, rawvar, meannorm
+        )
     if cfg.train_data:
         from nlakit.dataset import read_table, vectors_of
 
@@ -520,6 +524,42 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
 
 
 @torch.no_grad()
+def compare_nla(
+    cfg: EvalConfig, vectors: torch.Tensor, mse: torch.Tensor, docs: list[str], rawvar: float, meannorm: float
+) -> dict:
+    """Another NLA on the same positions: its AV explains each vector under the same protocol (cap, best-of, seed)
+    and its own AR reads that text, so `this_minus_other` is the difference between the two pairs as a user would
+    run them, with a document-bootstrap interval (--compare-ar, by contrast, changes only the reader)."""
+    other = NLA.from_pretrained(cfg.compare_nla, device=cfg.device, dtype=cfg.dtype, target=cfg.target)
+    if other.av is None or other.ar is None:
+        raise NlakitError(f"--compare-nla needs an NLA with both an AV and an AR; {cfg.compare_nla} lacks one")
+    if other.d_model != vectors.shape[-1]:
+        raise NlakitError(
+            f"--compare-nla {cfg.compare_nla} explains d_model {other.d_model}, these activations have "
+            f"{vectors.shape[-1]}: compare NLAs of the same target model"
+        )
+    candidates = other.candidates(
+        vectors,
+        cfg.best_of,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=0.0,
+        batch_size=cfg.batch_size,
+        sample_temperature=cfg.sample_temperature,
+        seed=cfg.seed,
+    )
+    texts, _ = other.pick_best(candidates, vectors)
+    read = other.score(texts, vectors)
+    d, lo, hi = paired_bootstrap(mse, read["mse_nrm"], docs, rawvar)
+    return {
+        "nla": str(cfg.compare_nla),
+        "target": other.target,
+        "layer": other.layer,
+        **summarise(read["mse_nrm"], read["cos"], rawvar, meannorm),
+        "this_minus_other": {"fve_nrm": d, "ci95": [lo, hi]},
+        "examples": texts[:3],
+    }
+
+
 def round_trip(nla: NLA, samples, vectors, logp_orig, reconstructions, gen: torch.Generator) -> dict:
     """KL(original || patched) of the next-token distribution when h is replaced by AR(AV(h)) (at h's norm; an
     empty explanation reconstructs to zero, which removes the stream), by the mean activation, or by a random
@@ -698,6 +738,14 @@ def render_markdown(r: dict) -> str:
                 if "pick_minus_greedy" in c
                 else ""
             ),
+        ]
+    if r.get("compare_nla"):
+        c = r["compare_nla"]
+        lines += [
+            "",
+            f"Another NLA on the same positions ({c['nla']}, its own AV's text read by its own AR, the same cap and "
+            f"best-of): fve_nrm {_f(c['fve_nrm'])}. This NLA minus the other: {_gain(c['this_minus_other'])} (95% "
+            "interval from resampling documents).",
         ]
     lines += [
         "",
