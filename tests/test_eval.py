@@ -163,6 +163,7 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     assert r["compare_ar"]["this_minus_other"]["fve_nrm"] == pytest.approx(0, abs=1e-5)  # the same AR twice
     assert r["compare_nla"]["fve_nrm"] == pytest.approx(r["fve_nrm"], abs=1e-5)
     assert r["compare_nla"]["this_minus_other"]["fve_nrm"] == pytest.approx(0, abs=1e-5)
+    assert r["compare_nla"]["this_minus_other"]["ci95"] == pytest.approx([0, 0], abs=1e-5)
     assert r["compare_nla"]["layer"] == r["layer"] and len(r["compare_nla"]["examples"]) == 3
     assert (tmp_path / "rep" / "best_of.png").stat().st_size > 5000
     rt = r["round_trip"]
@@ -214,11 +215,44 @@ def test_best_of_picks_the_candidate_nearest_its_vector(nla_dir, tiny_pairs):
     assert nla.pick_best([[t] for t in texts], v) == (texts, [0] * 6)
 
 
-def test_compare_nla_refuses_other_width(nla_dir, tmp_path):
-    from nlakit.eval import compare_nla
-    from nlakit.meta import read_model_meta
+def test_compare_options_refuse_bad_folders_before_any_work(nla_dir, tiny_corpus, tmp_path):
+    """A wrong --compare-nla/--compare-ar folder fails from its sidecars, before a position is read."""
+    import shutil
 
-    cfg = EvalConfig(out=str(tmp_path / "rep"), compare_nla=str(nla_dir[0]), dtype="float32")
-    d = read_model_meta(nla_dir[0] / "ar").d_model
-    with pytest.raises(NlakitError, match="d_model"):
-        compare_nla(cfg, torch.ones(2, d + 1), torch.zeros(2), ["a", "b"], 1.0, 1.0)
+    from nlakit.meta import read_yaml, write_yaml
+    from nlakit.nla import NLA
+
+    nla = NLA.from_pretrained(nla_dir[0], dtype="float32")
+    av_only = tmp_path / "av_only"
+    shutil.copytree(nla_dir[0] / "av", av_only / "av")
+    other_layer = tmp_path / "other_layer"
+    shutil.copytree(nla_dir[0] / "av", other_layer / "av")
+    shutil.copytree(nla_dir[0] / "ar", other_layer / "ar")
+    meta = read_yaml(other_layer / "ar" / "nla_meta.yaml")
+    write_yaml(other_layer / "ar" / "nla_meta.yaml", {**meta, "extraction_layer_index": nla.layer + 1})
+    cases = [
+        ({"compare_nla": str(av_only)}, "--compare-nla .* has no ar/nla_meta.yaml"),
+        ({"compare_ar": str(av_only)}, "--compare-ar .* has no ar/nla_meta.yaml"),
+        ({"compare_nla": str(other_layer)}, f"its AR reads d_model {nla.d_model} at layer {nla.layer + 1}"),
+        ({"compare_nla": str(tmp_path / "missing")}, "missing"),
+    ]
+    for kw, message in cases:
+        cfg = EvalConfig(out=str(tmp_path / "rep"), corpus=str(tiny_corpus), max_positions=4, min_position=2, **kw)
+        with pytest.raises(NlakitError, match=message):
+            run_eval(cfg, nla)
+    assert not (tmp_path / "rep").exists()  # refused before the report folder was made
+
+
+def test_compare_nla_sign(nla_dir, tmp_path):
+    """this_minus_other is this NLA's fve minus the other's: a perfect reader here is ahead by the other's error."""
+    from nlakit.eval import compare_nla
+    from nlakit.nla import NLA
+
+    nla = NLA.from_pretrained(nla_dir[0], dtype="float32")
+    vectors = torch.randn(4, nla.d_model, generator=torch.Generator().manual_seed(0))
+    cfg = EvalConfig(out=str(tmp_path / "rep"), compare_nla=str(nla_dir[0]), max_new_tokens=8)
+    c = compare_nla(cfg, nla, vectors, torch.zeros(4), ["a", "a", "b", "b"], 2.0, 1.0)
+    other_mse = nla.score(nla.verbalize(vectors, max_new_tokens=8), vectors)["mse_nrm"]
+    assert float(other_mse.mean()) > 0
+    assert c["this_minus_other"]["fve_nrm"] == pytest.approx(float(other_mse.mean()) / 2.0, abs=1e-5)
+    assert c["fve_nrm"] == pytest.approx(1 - float(other_mse.mean()) / 2.0, abs=1e-5)

@@ -40,8 +40,9 @@ from nlakit.maths import (
     paired_bootstrap,
     rawvar_baseline,
 )
+from nlakit.meta import META_NAME, read_model_meta
 from nlakit.models import final_norm
-from nlakit.nla import NLA, load_ar, score_texts
+from nlakit.nla import NLA, load_ar, resolve_nla_path, score_texts
 from nlakit.paraphrase import remove_quote_marks, remove_quotes, shuffle_units, shuffle_words, synonym_rewrite
 from nlakit.progress import progress_bar
 from nlakit.steer import kl_divergence, match_norm, next_token_logprobs, steering_vector
@@ -328,6 +329,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     nla = nla or NLA.from_config(cfg)
     if nla.av is None or nla.ar is None:
         raise NlakitError("eval needs both an AV and an AR")
+    check_comparisons(cfg, nla)
     # the report records the cap actually used
     cfg = replace(cfg, max_new_tokens=cfg.max_new_tokens or nla.av.meta.max_new_tokens)
     out = Path(cfg.out)
@@ -459,7 +461,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
             report["compare_ar"]["pick_minus_greedy"] = {"fve_nrm": d, "ci95": [lo, hi]}
     if cfg.compare_nla:
         report["compare_nla"] = compare_nla(
-            cfg, vectors, scores["explanation"]["mse_nrm"], docs_of_rows, rawvar, meannorm
+            cfg, nla, vectors, scores["explanation"]["mse_nrm"], docs_of_rows, rawvar, meannorm
         )
     if cfg.train_data:
         from nlakit.dataset import read_table, vectors_of
@@ -523,21 +525,52 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     return report
 
 
+def check_comparisons(cfg: EvalConfig, nla: NLA) -> None:
+    """--compare-ar and --compare-nla checked from their sidecars before any work, so a wrong folder fails in a
+    second rather than after the eval's generation. Target names are not compared: the same model may be named by a
+    Hub id in one sidecar and a local name in another (the report records both)."""
+    for option, path, sides in (
+        ("--compare-ar", cfg.compare_ar, ("ar",)),
+        ("--compare-nla", cfg.compare_nla, ("av", "ar")),
+    ):
+        if not path:
+            continue
+        root = resolve_nla_path(path)
+        for side in sides:
+            # --compare-ar also takes an AR folder itself
+            folder = root if option == "--compare-ar" and (root / META_NAME).is_file() else root / side
+            if not (folder / META_NAME).is_file():
+                raise NlakitError(
+                    f"{option} {path} has no {side}/{META_NAME}: give an NLA folder with an {side.upper()}"
+                )
+            meta = read_model_meta(folder)
+            layer = meta.extraction_layer_index
+            if meta.d_model != nla.d_model or (layer >= 0 and nla.layer >= 0 and layer != nla.layer):
+                raise NlakitError(
+                    f"{option} {path}: its {side.upper()} reads d_model {meta.d_model} at layer {layer}, this NLA "
+                    f"d_model {nla.d_model} at layer {nla.layer}: compare NLAs of the same activations"
+                )
+
+
 @torch.no_grad()
 def compare_nla(
-    cfg: EvalConfig, vectors: torch.Tensor, mse: torch.Tensor, docs: list[str], rawvar: float, meannorm: float
+    cfg: EvalConfig,
+    nla: NLA,
+    vectors: torch.Tensor,
+    mse: torch.Tensor,
+    docs: list[str],
+    rawvar: float,
+    meannorm: float,
 ) -> dict:
     """Another NLA on the same positions: its AV explains each vector under the same protocol (cap, best-of, seed)
     and its own AR reads that text, so `this_minus_other` is the difference between the two pairs as a user would
-    run them, with a document-bootstrap interval (--compare-ar, by contrast, changes only the reader)."""
-    other = NLA.from_pretrained(cfg.compare_nla, device=cfg.device, dtype=cfg.dtype, target=cfg.target)
-    if other.av is None or other.ar is None:
-        raise NlakitError(f"--compare-nla needs an NLA with both an AV and an AR; {cfg.compare_nla} lacks one")
-    if other.d_model != vectors.shape[-1]:
-        raise NlakitError(
-            f"--compare-nla {cfg.compare_nla} explains d_model {other.d_model}, these activations have "
-            f"{vectors.shape[-1]}: compare NLAs of the same target model"
-        )
+    run them, with a document-bootstrap interval (--compare-ar, by contrast, changes only the reader). It loads in
+    this NLA's dtype and placement; its own sidecar's injection scale applies (a per-AV setting), and both sides
+    share this set's rawvar."""
+    check_comparisons(cfg, nla)
+    other = NLA.from_pretrained(
+        cfg.compare_nla, device=cfg.device, dtype=nla.dtype, device_map=nla.device_map, target=cfg.target
+    )
     candidates = other.candidates(
         vectors,
         cfg.best_of,
@@ -552,7 +585,7 @@ def compare_nla(
     d, lo, hi = paired_bootstrap(mse, read["mse_nrm"], docs, rawvar)
     return {
         "nla": str(cfg.compare_nla),
-        "target": other.target,
+        "target": other.av.meta.target or other.av.meta.base_checkpoint,
         "layer": other.layer,
         **summarise(read["mse_nrm"], read["cos"], rawvar, meannorm),
         "this_minus_other": {"fve_nrm": d, "ci95": [lo, hi]},
@@ -560,6 +593,7 @@ def compare_nla(
     }
 
 
+@torch.no_grad()
 def round_trip(nla: NLA, samples, vectors, logp_orig, reconstructions, gen: torch.Generator) -> dict:
     """KL(original || patched) of the next-token distribution when h is replaced by AR(AV(h)) (at h's norm; an
     empty explanation reconstructs to zero, which removes the stream), by the mean activation, or by a random
