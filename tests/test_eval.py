@@ -23,7 +23,7 @@ def test_edit_forms():
     v2 = 'Prose about cats, milk and bowls.\nRecent words: "a bowl of".\nCurrent token: "of", a preposition.\n'
     v2 += 'Predicted next: "milk", "water" or "cream".'
     assert edit_toward(v2, "soup") == (
-        'Prose about soup.\nRecent words: "a bowl of".\nCurrent token: "of", a preposition.\nPredicted next: "soup".'
+        'Prose about soup.\nRecent words: "soup".\nCurrent token: "of", a preposition.\nPredicted next: "soup".'
     )
     assert edit_toward(v2, "soup", "append") == v2 + " The text is about soup."
     e = 'Last token "as". The model expects "a", "the" next.'
