@@ -139,3 +139,24 @@ def test_datagen_refuses_to_mix_settings(acts, grounded, tmp_path):
     datagen(acts, tmp_path / "ex", grounded, chunk_rows=8, max_rows=10)
     with pytest.raises(NlakitError, match="other settings"):
         datagen(acts, tmp_path / "ex", grounded, chunk_rows=8)
+
+
+def test_datagen_sample_seed(acts, grounded, tmp_path):
+    """--max-rows with --sample-seed: a seeded sample from the whole source, in source order, not the first rows."""
+    from nlakit.errors import NlakitError
+
+    src = ds.read_table(acts, ["doc_id", "position"])
+    keys = list(zip(src.column("doc_id").to_pylist(), src.column("position").to_pylist(), strict=True))
+    n = len(keys) // 2
+    datagen(acts, tmp_path / "a", grounded, chunk_rows=8, max_rows=n, sample_seed=3)
+    datagen(acts, tmp_path / "b", grounded, chunk_rows=8, max_rows=n, sample_seed=3)
+    a, b = ds.read_table(tmp_path / "a"), ds.read_table(tmp_path / "b")
+    got = list(zip(a.column("doc_id").to_pylist(), a.column("position").to_pylist(), strict=True))
+    assert got == list(zip(b.column("doc_id").to_pylist(), b.column("position").to_pylist(), strict=True))
+    assert len(got) == n and got != keys[:n]  # not the first rows
+    where = [keys.index(k) for k in got]
+    assert where == sorted(where) and where[-1] >= n  # in source order, reaching past the first n
+    with pytest.raises(NlakitError, match="other settings"):
+        datagen(acts, tmp_path / "a", grounded, chunk_rows=8, max_rows=n, sample_seed=4)
+    with pytest.raises(NlakitError, match="give --max-rows"):
+        datagen(acts, tmp_path / "c", grounded, chunk_rows=8, sample_seed=3)

@@ -264,7 +264,13 @@ def datagen(
     base_url: Annotated[str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
     concurrency: Annotated[int, typer.Option(help="API: requests in flight.")] = 8,
-    max_rows: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    max_rows: Annotated[
+        int | None, typer.Option(min=1, help="Only N rows: the first N, or a sample (--sample-seed).")
+    ] = None,
+    sample_seed: Annotated[
+        int | None,
+        typer.Option(help="With --max-rows: a seeded sample of N rows from the whole source, not the first N."),
+    ] = None,
     best_of: Annotated[
         int, typer.Option(min=1, help="nla: keep the AR's pick of the greedy text and N-1 samples (expert iteration).")
     ] = 1,
@@ -283,7 +289,7 @@ def datagen(
     else:
         options = {k: v for k, v in {"model": model, "base_url": base_url, "api_key_env": api_key_env}.items() if v}
         options["concurrency"] = concurrency
-    result = run(src, out, make_explainer(provider, **options), max_rows=max_rows)
+    result = run(src, out, make_explainer(provider, **options), max_rows=max_rows, sample_seed=sample_seed)
     console.print(f"{result.rows} rows with explanations -> {out} ({result.dropped} dropped)")
     if result.explained_now:
         console.print(f"{result.explained_now} explained in {result.seconds:.1f} s ({result.rows_per_s:.1f} rows/s)")

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from nlakit import dataset as ds
@@ -76,15 +77,25 @@ def datagen(
     chunk_rows: int = 512,
     flush_rows: int = 64,
     max_rows: int | None = None,
+    sample_seed: int | None = None,
 ) -> DatagenResult:
+    """Add an `explanation` column to an activations dataset, in resumable parts. `max_rows`: the first N rows, or
+    with `sample_seed` a seeded sample of N rows from the whole source, kept in source order (a source in corpus
+    order holds its registers in runs, so its first rows can all be one register)."""
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise NlakitError("--out must differ from the source dataset (the source is never modified)")
     table, meta = ds.load(src)
     if "context" not in table.column_names:
         raise NlakitError(f"{src} has no 'context' column; it must come from `nla extract`")
-    if max_rows:
-        table = table.slice(0, max_rows)
+    if sample_seed is not None and not max_rows:
+        raise NlakitError("--sample-seed picks --max-rows rows; give --max-rows N as well")
+    if max_rows and max_rows < table.num_rows:
+        if sample_seed is None:
+            table = table.slice(0, max_rows)
+        else:
+            rows = np.random.default_rng(sample_seed).choice(table.num_rows, max_rows, replace=False)
+            table = table.take(pa.array(np.sort(rows)))
     out.mkdir(parents=True, exist_ok=True)
     ds.remove_stale_temps(out)
     # parts are only reusable by a run with the same source, slicing and explainer
@@ -93,10 +104,14 @@ def datagen(
         "source_rows": table.num_rows,
         "chunk_rows": chunk_rows,
         "explainer": explainer.settings(),
+        # only when set, so parts written before the option existed stay reusable
+        **({"sample_seed": sample_seed} if sample_seed is not None else {}),
     }
     manifest_path = out / "datagen_manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
-        raise NlakitError(f"{out} was made with other settings (source, --max-rows or explainer); use a new --out")
+        raise NlakitError(
+            f"{out} was made with other settings (source, --max-rows, --sample-seed or explainer); use a new --out"
+        )
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     cache = ExplanationCache(out / CACHE_NAME, explainer.settings())
     n_chunks = (table.num_rows + chunk_rows - 1) // chunk_rows
