@@ -55,6 +55,7 @@ STAGES = (  # (log file, metric, label, line style)
         "v6b: the same on a register-balanced mix (same 354 rows; variance of its mix)",
         "-",
     ),
+    ("rl_v7_metrics.jsonl", "val_fve_nrm", "v7 try: RL of the v6 AV vs v6b's live AR (96 of the 354 val rows)", "-"),
 )
 GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 
