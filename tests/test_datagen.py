@@ -156,7 +156,12 @@ def test_datagen_sample_seed(acts, grounded, tmp_path):
     assert len(got) == n and got != keys[:n]  # not the first rows
     where = [keys.index(k) for k in got]
     assert where == sorted(where) and where[-1] >= n  # in source order, reaching past the first n
+    assert datagen(acts, tmp_path / "a", grounded, chunk_rows=8, max_rows=n, sample_seed=3).explained_now == 0
+    assert read_dataset_meta(tmp_path / "a").api_summaries["sample"]["seed"] == 3
     with pytest.raises(NlakitError, match="other settings"):
         datagen(acts, tmp_path / "a", grounded, chunk_rows=8, max_rows=n, sample_seed=4)
+    # N at least the source's rows: nothing is sampled, so the output is the whole source with or without a seed
+    datagen(acts, tmp_path / "all", grounded, chunk_rows=8, max_rows=len(keys), sample_seed=3)
+    assert datagen(acts, tmp_path / "all", grounded, chunk_rows=8).explained_now == 0
     with pytest.raises(NlakitError, match="give --max-rows"):
         datagen(acts, tmp_path / "c", grounded, chunk_rows=8, sample_seed=3)

@@ -23,8 +23,13 @@ def test_edit_forms():
     v2 = 'Prose about cats, milk and bowls.\nRecent words: "a bowl of".\nCurrent token: "of", a preposition.\n'
     v2 += 'Predicted next: "milk", "water" or "cream".'
     assert edit_toward(v2, "soup") == (
-        'Prose about soup.\nRecent words: "soup".\nCurrent token: "of", a preposition.\nPredicted next: "soup".'
+        'Prose about soup.\nRecent words: "a bowl of soup".\nCurrent token: "of", a preposition.\n'
+        'Predicted next: "soup".'
     )
+    # the edited quote stays the one a {quote} AR re-reads, though the word is shorter than the current token's
+    from nlakit.ar import quoted_span
+
+    assert quoted_span(edit_toward(v2.replace('"of"', '"having"'), "pie")).strip() == "a bowl of pie"
     assert edit_toward(v2, "soup", "append") == v2 + " The text is about soup."
     e = 'Last token "as". The model expects "a", "the" next.'
     assert edit_toward(e, "dog") == 'Last token "dog". The model expects "dog", "dog" next.'

@@ -1,7 +1,7 @@
 """Steering edit forms for the grounded format, with eval's protocol (the setting is chosen on the 8 development
 cases, then read on the 8 test cases and the rhyme). Session 18, on v6b: eval's grounded `replace` then edited the
 topic and the predicted words but kept the quoted recent words, which v5's AR (and so v6b's) re-reads at its end,
-and it won 2/9 test cases against v5's 6/9. Forms (the first is that old edit; eval's `replace` is now `quote_word`):
+and it won 2/9 test cases against v5's 6/9. Forms (the first is that old edit; eval's `replace` is now `quote_end`):
 - `topic_pred`: the topic and the predicted next words become the word;
 - `quote`: that, and the topic words inside the quoted recent words become the word ("the lion, is the lion the" ->
   "the dog, is the dog the");
@@ -18,6 +18,8 @@ from nlakit.config import EvalConfig
 from nlakit.io import atomic_write_text
 from nlakit.nla import NLA
 
+EVAL_EDIT = ev.edit_toward  # eval's own edit, for the free-form text (before `variant` replaces it below)
+
 
 def lines_edited(expl: str, word: str, quote) -> str:
     out = []
@@ -25,7 +27,8 @@ def lines_edited(expl: str, word: str, quote) -> str:
         if ln.startswith("Predicted next:"):
             ln = f'Predicted next: "{word}".'
         elif ln.startswith("Recent words:"):
-            ln = re.sub(r'"(.*)"', lambda m: '"' + quote(m.group(1)) + '"', ln, count=1)
+            m = re.match(r'Recent words: "(.*)"', ln)
+            ln = f'Recent words: "{quote(m.group(1) if m else "")}".'
         elif " about " in ln and ln.endswith(".") and not ln.startswith("Current"):
             ln = ln.split(" about ", 1)[0] + f" about {word}."
         out.append(ln)
@@ -41,8 +44,8 @@ def topic_words(expl: str) -> list[str]:
 
 
 def variant(expl: str, word: str, form: str = "quote_word") -> str:
-    if "Predicted next:" not in expl:
-        return ev.edit_toward(expl, word, "replace")
+    if not any(ln.startswith("Predicted next:") for ln in expl.split("\n")):  # eval's test for the format
+        return EVAL_EDIT(expl, word, "replace")
     if form == "topic_pred":
         return lines_edited(expl, word, lambda q: q)
     if form == "quote":

@@ -269,7 +269,7 @@ def datagen(
     ] = None,
     sample_seed: Annotated[
         int | None,
-        typer.Option(help="With --max-rows: a seeded sample of N rows from the whole source, not the first N."),
+        typer.Option(min=0, help="With --max-rows: a seeded sample of N rows from the whole source, not the first N."),
     ] = None,
     best_of: Annotated[
         int, typer.Option(min=1, help="nla: keep the AR's pick of the greedy text and N-1 samples (expert iteration).")

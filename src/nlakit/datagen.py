@@ -90,12 +90,15 @@ def datagen(
         raise NlakitError(f"{src} has no 'context' column; it must come from `nla extract`")
     if sample_seed is not None and not max_rows:
         raise NlakitError("--sample-seed picks --max-rows rows; give --max-rows N as well")
+    sample = None
     if max_rows and max_rows < table.num_rows:
         if sample_seed is None:
             table = table.slice(0, max_rows)
         else:
-            rows = np.random.default_rng(sample_seed).choice(table.num_rows, max_rows, replace=False)
-            table = table.take(pa.array(np.sort(rows)))
+            rows = np.sort(np.random.default_rng(sample_seed).choice(table.num_rows, max_rows, replace=False))
+            table = table.take(pa.array(rows))
+            # the rows themselves, hashed: a resume under another NumPy (another stream for the seed) is refused
+            sample = {"seed": sample_seed, "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest()}
     out.mkdir(parents=True, exist_ok=True)
     ds.remove_stale_temps(out)
     # parts are only reusable by a run with the same source, slicing and explainer
@@ -104,8 +107,8 @@ def datagen(
         "source_rows": table.num_rows,
         "chunk_rows": chunk_rows,
         "explainer": explainer.settings(),
-        # only when set, so parts written before the option existed stay reusable
-        **({"sample_seed": sample_seed} if sample_seed is not None else {}),
+        # only for a sample, so parts written before the option existed stay reusable
+        **({"sample": sample} if sample else {}),
     }
     manifest_path = out / "datagen_manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
@@ -147,6 +150,8 @@ def datagen(
     total = ds.read_table(out, ["doc_id"]).num_rows
     dropped = table.num_rows - total
     summary = {**explainer.settings(), "stats": dict(explainer.stats), "dropped_rows": dropped}
+    if sample:
+        summary["sample"] = sample
     write_dataset_meta(
         out,
         replace(

@@ -170,8 +170,9 @@ EDIT_FORMS = ("replace", "append")
 def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
     """A steering edit toward `word`.
     - `replace`: the concept takes the place of the topic inside the usual format: in free-form explanations every
-      quoted span becomes `word`; in the grounded format the topic, the quoted recent words (the quote a `{quote}` AR
-      re-reads, as free-form's clause quote) and the predicted next words do, and the current token stays;
+      quoted span becomes `word`; in the grounded format the topic and the predicted next words become `word`, and
+      the quoted recent words end with it (the quote a `{quote}` AR re-reads: kept the longest quote, so that
+      template still picks it, where the word alone can be shorter than the current token's quote);
     - `append`: the explanation is kept and a sentence naming `word` is added (public replications report this
       form fails: the AR reads it as a minor detail)."""
     if form == "append":
@@ -185,7 +186,8 @@ def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
             if ln.startswith("Predicted next:"):
                 ln = f'Predicted next: "{word}".'
             elif ln.startswith("Recent words:"):
-                ln = f'Recent words: "{word}".'
+                m = re.match(r'Recent words: "(.*)"', ln)
+                ln = f'Recent words: "{m.group(1) + " " if m else ""}{word}".'
             elif " about " in ln and ln.endswith(".") and not ln.startswith(("Recent", "Current")):
                 ln = ln.split(" about ", 1)[0] + f" about {word}."
             out.append(ln)
