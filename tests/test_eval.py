@@ -246,6 +246,15 @@ def test_compare_options_refuse_bad_folders_before_any_work(nla_dir, tiny_corpus
         with pytest.raises(NlakitError, match=message):
             run_eval(cfg, nla)
     assert not (tmp_path / "rep").exists()  # refused before the report folder was made
+    # an exported NLA folder (a pair sidecar at its root), and an AR folder itself, pass
+    from nlakit.eval import check_comparisons
+    from nlakit.nla import write_pair_meta
+
+    shutil.copytree(nla_dir[0] / "ar", tmp_path / "pair" / "ar")
+    shutil.copytree(nla_dir[0] / "av", tmp_path / "pair" / "av")
+    write_pair_meta(tmp_path / "pair")
+    for kw in ({"compare_ar": str(tmp_path / "pair")}, {"compare_ar": str(nla_dir[0] / "ar")}):
+        check_comparisons(EvalConfig(out="x", compare_nla=str(tmp_path / "pair"), **kw), nla)
 
 
 def test_compare_nla_sign(nla_dir, tmp_path):

@@ -542,8 +542,10 @@ def check_comparisons(cfg: EvalConfig, nla: NLA) -> None:
             continue
         root = resolve_nla_path(path)
         for side in sides:
-            # --compare-ar also takes an AR folder itself
-            folder = root if option == "--compare-ar" and (root / META_NAME).is_file() else root / side
+            # --compare-ar also takes an AR folder itself, as load_ar does (an NLA folder has a pair sidecar)
+            folder = root / side
+            if option == "--compare-ar" and not (folder / META_NAME).is_file():
+                folder = root
             if not (folder / META_NAME).is_file():
                 raise NlakitError(
                     f"{option} {path} has no {side}/{META_NAME}: give an NLA folder with an {side.upper()}"
