@@ -346,15 +346,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     rawvar, meannorm = rawvar_baseline(vectors), meannorm_baseline(vectors)
     # best_of > 1: the scored text is the AR's pick among the greedy text and samples; the greedy text stays as a
     # reference line, so the report shows what the pick adds (and, with --compare-ar, whether another reader agrees)
-    candidates = nla.candidates(
-        vectors,
-        cfg.best_of,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=0.0,
-        batch_size=cfg.batch_size,
-        sample_temperature=cfg.sample_temperature,
-        seed=cfg.seed,
-    )
+    candidates = eval_candidates(nla, vectors, cfg)
     cand_mse = nla.candidate_scores(candidates, vectors) if cfg.best_of > 1 else None
     picked = cand_mse.argmin(1).tolist() if cand_mse is not None else [0] * n
     texts = [c[j] for c, j in zip(candidates, picked, strict=True)]
@@ -530,6 +522,20 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
     return report
 
 
+def eval_candidates(nla: NLA, vectors: torch.Tensor, cfg: EvalConfig) -> list[list[str]]:
+    """The report's protocol for explaining `vectors`, the same for every pair it compares: the greedy text first,
+    then best_of - 1 seeded samples (`NLA.candidates`)."""
+    return nla.candidates(
+        vectors,
+        cfg.best_of,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=0.0,
+        batch_size=cfg.batch_size,
+        sample_temperature=cfg.sample_temperature,
+        seed=cfg.seed,
+    )
+
+
 def check_comparisons(cfg: EvalConfig, nla: NLA) -> None:
     """--compare-ar and --compare-nla checked from their sidecars before any work, so a wrong folder fails in a
     second rather than after the eval's generation. Target names are not compared: the same model may be named by a
@@ -573,20 +579,11 @@ def compare_nla(
     and its own AR reads that text, so `this_minus_other` is the difference between the two pairs as a user would
     run them, with a document-bootstrap interval (--compare-ar, by contrast, changes only the reader). It loads in
     this NLA's dtype and placement; its own sidecar's injection scale applies (a per-AV setting), and both sides
-    share this set's rawvar."""
-    check_comparisons(cfg, nla)
+    share this set's rawvar. Its folder is checked by `check_comparisons` before run_eval's work starts."""
     other = NLA.from_pretrained(
         cfg.compare_nla, device=cfg.device, dtype=nla.dtype, device_map=nla.device_map, target=cfg.target
     )
-    candidates = other.candidates(
-        vectors,
-        cfg.best_of,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=0.0,
-        batch_size=cfg.batch_size,
-        sample_temperature=cfg.sample_temperature,
-        seed=cfg.seed,
-    )
+    candidates = eval_candidates(other, vectors, cfg)
     texts, _ = other.pick_best(candidates, vectors)
     read = other.score(texts, vectors)
     d, lo, hi = paired_bootstrap(mse, read["mse_nrm"], docs, rawvar)
