@@ -55,7 +55,8 @@ STAGES = (  # (log file, metric, label, line style)
         "v6b: the same on a register-balanced mix (same 354 rows; variance of its mix)",
         "-",
     ),
-    ("rl_v7_metrics.jsonl", "val_fve_nrm", "v7 try: RL of the v6 AV vs v6b's live AR (96 of the 354 val rows)", "-"),
+    ("rl_v7_metrics.jsonl", "val_fve_nrm", "v7: RL of the v6 AV vs v6b's live AR (96 of the 354 val rows)", "-"),
+    ("rl_v8_metrics.jsonl", "val_fve_nrm", "v8 try: more RL on a register-balanced set (same rows; its variance)", "-"),
 )
 GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 
@@ -76,12 +77,35 @@ def curve(path: Path, key: str) -> tuple[list[float], list[float], float]:
     return xs, ys, hours
 
 
+def stage_table(logs: Path) -> str:
+    """The stages as Markdown rows: training hours, cumulative hours and val fve_nrm at the first and last eval and
+    the best one. Each stage's val rows and variance are its own (see the label), so compare within a row."""
+    out = [
+        "| stage | hours | cumulative | val fve first | last | best |",
+        "|---|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for stages, unit in ((STAGES, "CPU-h"), (GPU_STAGES, "GPU-h")):
+        for name, key, label, _ in stages:
+            if not (logs / name).is_file():
+                continue
+            _, ys, hours = curve(logs / name, key)
+            total += hours if unit == "CPU-h" else 0.0
+            cum = f"{total:.2f}" if unit == "CPU-h" else "-"
+            vals = f"{ys[0]:.3f} | {ys[-1]:.3f} | {max(ys):.3f}" if ys else "- | - | -"
+            out.append(f"| {label} | {hours:.2f} {unit} | {cum} | {vals} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("logs", type=Path, help="the recipe's logs folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--best-of", type=Path, nargs="*", default=[], help="nla eval --best-of reports (report.json)")
+    ap.add_argument("--table", type=Path, help="also write the stages as a Markdown table (hours and val fve) here")
     args = ap.parse_args()
+    if args.table:
+        args.table.write_text(stage_table(args.logs))
     import matplotlib
 
     matplotlib.use("Agg")
