@@ -13,6 +13,7 @@ from nlakit.eval import (
     edit_toward,
     english_word_share,
     eval_documents,
+    line_swaps,
     logit_lens_text,
     run_eval,
     token_kind,
@@ -36,6 +37,22 @@ def test_edit_forms():
     assert edit_toward("No quotes here.", "cat").endswith('expects "cat" next.')
     with pytest.raises(NlakitError, match="edit form"):
         edit_toward(e, "dog", "swap")
+
+
+def test_line_swaps_ablate_one_claim_of_the_grounded_format():
+    def grounded(topic, quote, token, pred):
+        return (
+            f'Prose about {topic}.\nRecent words: "{quote}".\nCurrent token: "{token}", a word.\n'
+            f'Predicted next: "{pred}".'
+        )
+
+    a, b = grounded("cats", "a bowl of", "of", "milk"), grounded("ships", "sailed across the", "the", "sea")
+    swaps = line_swaps([a, b, "free text"], [1, 0, 0])
+    assert list(swaps) == ["swap_topic", "swap_recent_words", "swap_current_token", "swap_predicted_next"]
+    assert swaps["swap_predicted_next"][0] == a.replace('"milk"', '"sea"')
+    assert swaps["swap_topic"][1] == b.replace("ships", "cats")
+    assert all(v[2] == "free text" for v in swaps.values())  # a text not in the format is kept whole
+    assert line_swaps(["free text", "more free text", a], [1, 2, 0]) == {}  # mostly free-form: no line probes
 
 
 def test_wilson_interval():

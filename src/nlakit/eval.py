@@ -6,7 +6,8 @@ One pass over held-out positions (documents sampled as in extraction), then four
    context, and another activation's explanation (= the AV given a shuffled vector, under greedy decoding);
 3. steganography probes: the AR re-scored on meaning-preserving rewrites (sentence shuffle, synonyms, quotes removed,
    truncation) and on meaning-destroying controls (word shuffle); a large drop under a meaning-preserving rewrite
-   means the pair leans on surface form rather than content;
+   means the pair leans on surface form rather than content. Content ablations say which claim carries the vector:
+   the quoted spans removed, and (grounded format) each line swapped for another row's;
 4. causal checks: round-trip patching of AR(AV(h)) into the target (KL of the next-token distribution) against the
    mean and a random vector, and text-edit steering against random directions of equal norm.
 Works on any NLA folder, the reference's format included (`--av`/`--ar`).
@@ -27,7 +28,7 @@ import torch
 from nlakit.config import EvalConfig
 from nlakit.corpus import Document, load_corpus
 from nlakit.errors import NlakitError
-from nlakit.explainers.grounded import GroundedExplainer
+from nlakit.explainers.grounded import LINES, GroundedExplainer, is_grounded
 from nlakit.extract import sample_positions
 from nlakit.io import atomic_write_text
 from nlakit.maths import (
@@ -180,7 +181,7 @@ def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
     if form != "replace":
         raise NlakitError(f"unknown edit form {form!r}; use one of {', '.join(EDIT_FORMS)}")
     lines = explanation.split("\n")
-    if any(ln.startswith("Predicted next:") for ln in lines):  # the grounded format (v2)
+    if is_grounded(explanation):
         out = []
         for ln in lines:
             if ln.startswith("Predicted next:"):
@@ -194,6 +195,25 @@ def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
         return "\n".join(out)
     edited, n = re.subn(r"[\"\u201c][^\"\u201d]*[\"\u201d]", f'"{word}"', explanation)
     return edited if n else explanation.rstrip() + f' The model expects "{word}" next.'
+
+
+def line_swaps(texts: list[str], perm: list[int]) -> dict[str, list[str]]:
+    """One content ablation per line of the grounded format: line i of each explanation replaced by line i of
+    another row's (`perm`), the rest kept. The fve lost shows which claim the AR reads, e.g. whether it uses the
+    predicted words, which text-edit steering edits. Empty unless most explanations are in that format; a text
+    without that line stays as it is."""
+    if sum(map(is_grounded, texts)) * 2 <= len(texts):
+        return {}
+    out = {}
+    for i, name in enumerate(LINES):
+        swapped = []
+        for t, j in zip(texts, perm, strict=True):
+            mine, theirs = t.split("\n"), texts[j].split("\n")
+            if i < len(mine) and i < len(theirs) and is_grounded(t) and is_grounded(texts[j]):
+                mine[i] = theirs[i]
+            swapped.append("\n".join(mine))
+        out[f"swap_{name.replace(' ', '_')}"] = swapped
+    return out
 
 
 def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -363,6 +383,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
         "quotes_removed": [remove_quotes(t) for t in texts],
         "word_shuffle": [shuffle_words(t, random.Random(f"{cfg.seed}|{i}")) for i, t in enumerate(texts)],
         "other_explanation": [texts[j] for j in perm],
+        **line_swaps(texts, perm),
         "teacher": GroundedExplainer(nla.target, dtype=cfg.dtype, device=cfg.device).explain(
             [s.context for s in samples]
         ),
@@ -477,7 +498,10 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
         ("unquoted", "preserving"),
         ("quotes_removed", "content ablation"),
         ("word_shuffle", "destroying"),
+        *((f"swap_{n.replace(' ', '_')}", "content ablation") for n in LINES),
     ):
+        if name not in scores:  # the line swaps exist for grounded-format explanations only
+            continue
         s = summary(name)
         probes[name] = {**s, "kind": kind, "fve_drop": main["fve_nrm"] - s["fve_nrm"]}
     report["probes"] = probes

@@ -30,6 +30,14 @@ from nlakit.batch import right_pad
 from nlakit.explainers.base import Explainer
 from nlakit.models import load_causal_lm, load_tokenizer
 
+LINES = ("topic", "recent words", "current token", "predicted next")  # the format's four lines, in order
+
+
+def is_grounded(text: str) -> bool:
+    """Whether an explanation is in this format (an AV trained on it writes it too): it has the prediction line."""
+    return any(ln.startswith("Predicted next:") for ln in text.split("\n"))
+
+
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with from as is are was were be been being it its this that these
     those he she they them his her their we our you your i me my not no so than then there here which who whom whose
