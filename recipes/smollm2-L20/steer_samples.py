@@ -3,7 +3,9 @@ alpha and sample count are chosen on the 8 development cases, then read on the 8
 Session 19, on the shipped v7: one greedy explanation's edit gives delta = AR(edited) - AR(original), which carries
 that one wording's noise as well as the concept. Here the original is the greedy explanation plus k - 1 samples at
 temperature 1 (`NLA.candidates`, seeded), each edited the same way, and delta is the mean of the k differences.
-Usage: .venv/bin/python recipes/smollm2-L20/steer_samples.py NLA_FOLDER OUT.json"""
+With --teacher the one original is the grounded teacher's explanation of the prompt instead of the AV's: whether
+an edit of the format's ceiling text steers better says whether the AV's text or the AR's reading is the limit.
+Usage: .venv/bin/python recipes/smollm2-L20/steer_samples.py NLA_FOLDER OUT.json [--teacher]"""
 
 import json
 import sys
@@ -12,10 +14,12 @@ import torch
 
 import nlakit.eval as ev
 from nlakit.config import EvalConfig
+from nlakit.explainers.grounded import GroundedExplainer
 from nlakit.io import atomic_write_text
 from nlakit.nla import NLA
 
-SAMPLES = (1, 4, 8)
+TEACHER = "--teacher" in sys.argv
+SAMPLES = (1,) if TEACHER else (1, 4, 8)
 ALPHAS = (0.1, 0.25, 0.5)
 
 
@@ -26,7 +30,10 @@ def prepare(nla, cases, cfg, gen, n_random, k):
     for case in cases:
         prompt, word = case[0], case[1]
         ids, pos, h = ev.steer_case_activation(nla, case)
-        texts = nla.candidates(h, k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)[0]
+        if TEACHER:
+            texts = teacher.explain([tok.decode(ids[: pos + 1], skip_special_tokens=True)])
+        else:
+            texts = nla.candidates(h, k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)[0]
         texts = [t or "(empty)" for t in texts]
         edits = [[ev.edit_toward(t, word, f) for f in ev.EDIT_FORMS] for t in texts]
         rec = torch.stack([nla.reconstruct([t, *e]) for t, e in zip(texts, edits, strict=True)]).float().mean(0)
@@ -54,6 +61,7 @@ def suite(nla, cfg):
 
 
 nla = NLA.from_pretrained(sys.argv[1], dtype="auto")
+teacher = GroundedExplainer(nla.target)
 chosen, dev, test = suite(nla, EvalConfig(out="-"))
 summary = {
     "chosen": chosen,
