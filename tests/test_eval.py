@@ -194,6 +194,11 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     sweep = r["steering"]["sweep"]
     assert set(sweep) == {"replace@0.5", "replace@1", "append@0.5", "append@1"}
     assert all(len(v["cases"]) == 3 and 0 <= v["wins"] <= 3 for v in sweep.values())
+    # the no-NLA baseline depends on alpha, not on how the explanation is edited
+    for a in ("0.5", "1"):
+        rep, app = sweep[f"replace@{a}"], sweep[f"append@{a}"]
+        assert [c["shift_baseline"] for c in rep["cases"]] == [c["shift_baseline"] for c in app["cases"]]
+        assert rep["baseline_wins"] == sum(c["baseline_win"] for c in rep["cases"])
     assert r["steering"]["best"] in sweep and set(r["steering"]["dev"]) == set(sweep)
     dev = r["steering"]["dev"]  # the setting is the development cases' best, whatever the test cases say
     assert r["steering"]["best"] == max(dev, key=lambda k: (dev[k]["wins"], dev[k]["shift_mean"]))

@@ -671,19 +671,31 @@ def _steer_prepare(nla: NLA, cases, cfg: EvalConfig, gen: torch.Generator, n_ran
     return prepared
 
 
+@torch.no_grad()
+def word_residual(nla: NLA, ids: list[int], pos: int, word: str) -> torch.Tensor:
+    """The layer-K residual [1, d] at `word` read right after position `pos` (the text up to `pos`, then " word").
+    Its difference from the residual at `pos` is the steering BASELINE: an activation-addition direction a user can
+    compute from the target alone, with no NLA."""
+    word_ids = nla.target_tokenizer().encode(" " + word, add_special_tokens=False)
+    return nla.run_with_cache(ids[: pos + 1] + word_ids).resid[-1:]
+
+
 def _steer_setting(nla: NLA, prepared: list[tuple], form: str, alpha: float) -> dict:
-    """One edit form at one alpha over prepared cases: each case's shift against its random directions."""
+    """One edit form at one alpha over prepared cases: each case's shift against its random directions, and the
+    word-residual baseline's (`word_residual`) at the same alpha and rule."""
     model, tok = nla.target_lm(), nla.target_tokenizer()
     form_i = EDIT_FORMS.index(form)
     cases = []
     for prompt, word, ids, pos, h, original, edits, rec, rand, target in prepared:
         delta = steering_vector(h, rec[:1], rec[1 + form_i : 2 + form_i], alpha)
+        baseline = steering_vector(h, h, word_residual(nla, ids, pos, word), alpha)
         ctrl = rand / rand.norm(dim=-1, keepdim=True) * delta.norm()
-        adds = torch.cat([torch.zeros_like(delta), delta, ctrl])
+        adds = torch.cat([torch.zeros_like(delta), delta, baseline, ctrl])
         logp = next_token_logprobs(
             model, ids, [pos] * len(adds), nla.layer, adds, mode="add", read=[len(ids) - 1] * len(adds)
         )
-        base, steered, rnd = float(logp[0, target]), float(logp[1, target]), logp[2:, target]
+        base, steered, by_word = (float(logp[i, target]) for i in range(3))
+        rnd = logp[3:, target]
         cases.append(
             {
                 "prompt": prompt,
@@ -695,6 +707,8 @@ def _steer_setting(nla: NLA, prepared: list[tuple], form: str, alpha: float) -> 
                 "shift_random_max": float(rnd.max()) - base,
                 "win": steered > float(rnd.max()),
                 "top_token_steered": tok.decode([int(logp[1].argmax())]),
+                "shift_baseline": by_word - base,
+                "baseline_win": by_word > float(rnd.max()),
             }
         )
     wins = sum(c["win"] for c in cases)
@@ -707,6 +721,8 @@ def _steer_setting(nla: NLA, prepared: list[tuple], form: str, alpha: float) -> 
         "win_rate_ci95": [lo, hi],
         "shift_mean": float(np.mean([c["shift"] for c in cases])),
         "shift_random_mean": float(np.mean([c["shift_random_mean"] for c in cases])),
+        "baseline_wins": sum(c["baseline_win"] for c in cases),
+        "baseline_shift_mean": float(np.mean([c["shift_baseline"] for c in cases])),
         "cases": cases,
     }
 
@@ -835,26 +851,30 @@ def render_markdown(r: dict) -> str:
     lines += [
         "",
         f"Text-edit steering ({st['rule']}), against {st['random_directions']} random directions of the same norm. "
-        "A win: the edit raises the concept's log-prob more than the best random direction.",
+        "A win: the edit raises the concept's log-prob more than the best random direction. BASELINE (no NLA): the "
+        "word-residual direction, the target's own layer-K residual at the word read after the prompt minus the "
+        "residual edited, pushed by the same rule and alpha.",
         "",
-        "| edit form | alpha | wins | 95% CI of the win rate | mean shift (nats) | random mean |",
-        "|---|---|---|---|---|---|",
+        "| edit form | alpha | wins | 95% CI of the win rate | mean shift (nats) | random mean | baseline wins "
+        "| baseline mean shift |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {v['form']} | {v['alpha']:g} | {v['wins']}/{v['n']} | {v['win_rate_ci95'][0]:.2f}-"
-        f"{v['win_rate_ci95'][1]:.2f} | {_f(v['shift_mean'])} | {_f(v['shift_random_mean'])} |"
+        f"{v['win_rate_ci95'][1]:.2f} | {_f(v['shift_mean'])} | {_f(v['shift_random_mean'])} "
+        f"| {v['baseline_wins']}/{v['n']} | {_f(v['baseline_shift_mean'])} |"
         for v in st["sweep"].values()
     ]
     lines += [
         "",
         f"Chosen setting: {st['best']} ({st['note']}): {best['wins']}/{best['n']} test cases won.",
         "",
-        "| prompt | concept | shift | random mean | random max | top token after the edit |",
-        "|---|---|---|---|---|---|",
+        "| prompt | concept | shift | random mean | random max | top token after the edit | baseline shift |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {c['prompt']!r} | {c['concept']} | {_f(c['shift'])} | {_f(c['shift_random_mean'])} "
-        f"| {_f(c['shift_random_max'])} | {c['top_token_steered']!r} |"
+        f"| {_f(c['shift_random_max'])} | {c['top_token_steered']!r} | {_f(c['shift_baseline'])} |"
         for c in best["cases"]
     ]
     lines += ["", "## Breakdown", ""]
@@ -950,6 +970,8 @@ def plot_report(r: dict, per_fve: np.ndarray, per_cos: np.ndarray, out: Path) ->
     for form in dict.fromkeys(v["form"] for v in sweep.values()):
         pts = [(v["alpha"], v["wins"] / v["n"]) for v in sweep.values() if v["form"] == form]
         ax[1].plot(*zip(*pts, strict=True), "o-", label=f"{form} edit")
+    by_alpha = {v["alpha"]: v["baseline_wins"] / v["n"] for v in sweep.values()}  # the same for every form
+    ax[1].plot(list(by_alpha), list(by_alpha.values()), "s--", color="grey", label="word-residual baseline (no NLA)")
     ax[1].set(
         xscale="log",
         ylim=(-0.05, 1.05),
