@@ -9,7 +9,8 @@ curves are the AV's own explanations read by the AR, which is what the NLA deliv
 they ran; a stage whose log is missing is skipped. The validation rows differ by stage (see each label). Stages
 run on a lent GPU are drawn in a second panel against GPU-minutes: their time is not comparable with CPU-hours.
 `--best-of REPORT.json ...` adds a third panel from `nla eval --best-of N` reports: held-out fve_nrm against the
-candidates per position, the compute spent at inference instead of in training.
+candidates per position, the compute spent at inference instead of in training. `--table OUT.md` also writes the
+stages as a Markdown table: training hours, cumulative CPU-hours, and val fve_nrm first, last and best.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ STAGES = (  # (log file, metric, label, line style)
         "-",
     ),
     ("rl_v7_metrics.jsonl", "val_fve_nrm", "v7: RL of the v6 AV vs v6b's live AR (96 of the 354 val rows)", "-"),
-    ("rl_v8_metrics.jsonl", "val_fve_nrm", "v8 try: more RL on a register-balanced set (same rows; its variance)", "-"),
+    (
+        "rl_v8_metrics.jsonl",
+        "val_fve_nrm",
+        "v8 try: RL on balanced registers (v7's 96 val rows, this set's variance)",
+        "-",
+    ),
 )
 GPU_STAGES = (("rl_gpu_s7_metrics.jsonl", "val_fve_nrm", "RL from v3, 256 rollouts/step (128 wiki val rows)", "-"),)
 
@@ -93,7 +99,7 @@ def stage_table(logs: Path) -> str:
             total += hours if unit == "CPU-h" else 0.0
             cum = f"{total:.2f}" if unit == "CPU-h" else "-"
             vals = f"{ys[0]:.3f} | {ys[-1]:.3f} | {max(ys):.3f}" if ys else "- | - | -"
-            out.append(f"| {label} | {hours:.2f} {unit} | {cum} | {vals} |")
+            out.append(f"| {label.replace('|', '/')} | {hours:.2f} {unit} | {cum} | {vals} |")
     return "\n".join(out) + "\n"
 
 

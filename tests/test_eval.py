@@ -52,6 +52,12 @@ def test_line_swaps_ablate_one_claim_of_the_grounded_format():
     assert swaps["swap_predicted_next"][0] == a.replace('"milk"', '"sea"')
     assert swaps["swap_topic"][1] == b.replace("ships", "cats")
     assert all(v[2] == "free text" for v in swaps.values())  # a text not in the format is kept whole
+    # lines are matched by kind, not place: a reordered text swaps the same claim; a free-form partner swaps nothing
+    reordered = "\n".join(b.split("\n")[::-1])
+    swaps = line_swaps([a, reordered, "free text"], [1, 0, 0])
+    assert swaps["swap_recent_words"][0] == a.replace("a bowl of", "sailed across the")
+    assert swaps["swap_predicted_next"][1] == reordered.replace('"sea"', '"milk"')
+    assert line_swaps([a, a, "free text"], [2, 2, 0])["swap_topic"][:2] == [a, a]
     assert line_swaps(["free text", "more free text", a], [1, 2, 0]) == {}  # mostly free-form: no line probes
 
 
@@ -197,8 +203,8 @@ def test_eval_report(nla_dir, tiny_corpus, tiny_pairs, tmp_path):
     # the no-NLA baseline depends on alpha, not on how the explanation is edited
     for a in ("0.5", "1"):
         rep, app = sweep[f"replace@{a}"], sweep[f"append@{a}"]
-        assert [c["shift_baseline"] for c in rep["cases"]] == [c["shift_baseline"] for c in app["cases"]]
-        assert rep["baseline_wins"] == sum(c["baseline_win"] for c in rep["cases"])
+        assert [c["shift_baseline"] for c in rep["cases"]] == pytest.approx([c["shift_baseline"] for c in app["cases"]])
+        assert rep["baseline_wins"] == app["baseline_wins"]
     assert r["steering"]["best"] in sweep and set(r["steering"]["dev"]) == set(sweep)
     dev = r["steering"]["dev"]  # the setting is the development cases' best, whatever the test cases say
     assert r["steering"]["best"] == max(dev, key=lambda k: (dev[k]["wins"], dev[k]["shift_mean"]))
@@ -292,3 +298,18 @@ def test_compare_nla_sign(nla_dir, tmp_path):
     assert float(other_mse.mean()) > 0
     assert c["this_minus_other"]["fve_nrm"] == pytest.approx(float(other_mse.mean()) / 2.0, abs=1e-5)
     assert c["fve_nrm"] == pytest.approx(1 - float(other_mse.mean()) / 2.0, abs=1e-5)
+
+
+def test_word_residual_is_the_targets_own_state_at_the_word(nla_dir):
+    from nlakit.eval import word_residual
+    from nlakit.nla import NLA
+
+    nla = NLA.from_pretrained(nla_dir[0], dtype="float32")
+    ids, acts = nla.activations("The cat sat on the mat")
+    word = nla.target_tokenizer().encode(" dog", add_special_tokens=False)
+    v = word_residual(nla, ids, 2, "dog")  # after "The cat sat": the residual at the word's first token
+    _, with_word = nla.activations(nla.target_tokenizer().decode(ids[:3] + word[:1]))
+    assert v.shape == (1, acts.shape[1])
+    assert torch.allclose(v, with_word[-1:], atol=1e-4)
+    # causal: the positions before the word are the prompt's own, so the difference is the word's alone
+    assert torch.allclose(nla.run_with_cache(ids[:3] + word[:1]).resid[:3], acts[:3], atol=1e-4)

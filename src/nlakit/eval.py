@@ -9,7 +9,8 @@ One pass over held-out positions (documents sampled as in extraction), then four
    means the pair leans on surface form rather than content. Content ablations say which claim carries the vector:
    the quoted spans removed, and (grounded format) each line swapped for another row's;
 4. causal checks: round-trip patching of AR(AV(h)) into the target (KL of the next-token distribution) against the
-   mean and a random vector, and text-edit steering against random directions of equal norm.
+   mean and a random vector, and text-edit steering against random directions of equal norm, beside a no-NLA
+   baseline (the word-residual direction) pushed by the same rule.
 Works on any NLA folder, the reference's format included (`--av`/`--ar`).
 """
 
@@ -28,7 +29,7 @@ import torch
 from nlakit.config import EvalConfig
 from nlakit.corpus import Document, load_corpus
 from nlakit.errors import NlakitError
-from nlakit.explainers.grounded import LINES, GroundedExplainer, is_grounded
+from nlakit.explainers.grounded import LINES, GroundedExplainer, is_grounded, line_kind
 from nlakit.extract import sample_positions
 from nlakit.io import atomic_write_text
 from nlakit.maths import (
@@ -197,22 +198,30 @@ def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
     return edited if n else explanation.rstrip() + f' The model expects "{word}" next.'
 
 
+SWAP_PROBES = {f"swap_{kind.replace(' ', '_')}": kind for kind in LINES}
+
+
 def line_swaps(texts: list[str], perm: list[int]) -> dict[str, list[str]]:
-    """One content ablation per line of the grounded format: line i of each explanation replaced by line i of
-    another row's (`perm`), the rest kept. The fve lost shows which claim the AR reads, e.g. whether it uses the
-    predicted words, which text-edit steering edits. Empty unless most explanations are in that format; a text
-    without that line stays as it is."""
+    """One content ablation per claim of the grounded format: the line of that kind (`line_kind`) in each explanation
+    replaced by the same kind of line from another row's (`perm`), the rest kept. The fve lost shows which claim the
+    AR reads, e.g. whether it uses the predicted words, which text-edit steering edits. Empty unless most
+    explanations are in that format; a row where either side lacks the line stays as it is."""
     if sum(map(is_grounded, texts)) * 2 <= len(texts):
         return {}
+
+    def find(lines: list[str], kind: str) -> int | None:
+        return next((i for i, ln in enumerate(lines) if line_kind(ln) == kind), None)
+
     out = {}
-    for i, name in enumerate(LINES):
+    for name, kind in SWAP_PROBES.items():
         swapped = []
         for t, j in zip(texts, perm, strict=True):
             mine, theirs = t.split("\n"), texts[j].split("\n")
-            if i < len(mine) and i < len(theirs) and is_grounded(t) and is_grounded(texts[j]):
-                mine[i] = theirs[i]
+            a, b = find(mine, kind), find(theirs, kind)
+            if a is not None and b is not None and is_grounded(t) and is_grounded(texts[j]):
+                mine[a] = theirs[b]
             swapped.append("\n".join(mine))
-        out[f"swap_{name.replace(' ', '_')}"] = swapped
+        out[name] = swapped
     return out
 
 
@@ -498,7 +507,7 @@ def run_eval(cfg: EvalConfig, nla: NLA | None = None) -> dict:
         ("unquoted", "preserving"),
         ("quotes_removed", "content ablation"),
         ("word_shuffle", "destroying"),
-        *((f"swap_{n.replace(' ', '_')}", "content ablation") for n in LINES),
+        *((name, "content ablation") for name in SWAP_PROBES),
     ):
         if name not in scores:  # the line swaps exist for grounded-format explanations only
             continue
@@ -673,11 +682,11 @@ def _steer_prepare(nla: NLA, cases, cfg: EvalConfig, gen: torch.Generator, n_ran
 
 @torch.no_grad()
 def word_residual(nla: NLA, ids: list[int], pos: int, word: str) -> torch.Tensor:
-    """The layer-K residual [1, d] at `word` read right after position `pos` (the text up to `pos`, then " word").
-    Its difference from the residual at `pos` is the steering BASELINE: an activation-addition direction a user can
-    compute from the target alone, with no NLA."""
-    word_ids = nla.target_tokenizer().encode(" " + word, add_special_tokens=False)
-    return nla.run_with_cache(ids[: pos + 1] + word_ids).resid[-1:]
+    """The layer-K residual [1, d] at the first token of " word" read right after position `pos` (the first token:
+    the one whose log-prob steering measures). Its difference from the residual at `pos` is steering's baseline: an
+    activation-addition direction a user can compute from the target alone, with no NLA."""
+    first = nla.target_tokenizer().encode(" " + word, add_special_tokens=False)[:1]
+    return nla.run_with_cache(ids[: pos + 1] + first).resid[-1:]
 
 
 def _steer_setting(nla: NLA, prepared: list[tuple], form: str, alpha: float) -> dict:
@@ -689,12 +698,14 @@ def _steer_setting(nla: NLA, prepared: list[tuple], form: str, alpha: float) -> 
     for prompt, word, ids, pos, h, original, edits, rec, rand, target in prepared:
         delta = steering_vector(h, rec[:1], rec[1 + form_i : 2 + form_i], alpha)
         baseline = steering_vector(h, h, word_residual(nla, ids, pos, word), alpha)
-        ctrl = rand / rand.norm(dim=-1, keepdim=True) * delta.norm()
+        # the norm the rule gives both pushes (an edit that reconstructs to the original gives none, and the
+        # controls keep theirs, so the baseline's win never depends on the edit form)
+        ctrl = rand / rand.norm(dim=-1, keepdim=True) * alpha * h.float().norm()
         adds = torch.cat([torch.zeros_like(delta), delta, baseline, ctrl])
         logp = next_token_logprobs(
             model, ids, [pos] * len(adds), nla.layer, adds, mode="add", read=[len(ids) - 1] * len(adds)
         )
-        base, steered, by_word = (float(logp[i, target]) for i in range(3))
+        base, steered, by_word = logp[:3, target].tolist()
         rnd = logp[3:, target]
         cases.append(
             {
@@ -743,6 +754,9 @@ def steering_suite(nla: NLA, cfg: EvalConfig, n_random: int = 8) -> dict:
     sweep = {f"{f}@{a:g}": _steer_setting(nla, test_cases, f, a) for f, a in settings}
     return {
         "rule": "h + alpha * |h| * delta / |delta|, delta = AR(edited) - AR(original)",
+        "baseline": "the word-residual direction: the target's own layer-K residual at the word read right after the "
+        "edited token, minus the residual there, pushed by the same rule at the same alpha against the same random "
+        "directions",
         "random_directions": n_random,
         "best": chosen,
         "dev": {k: {key: v[key] for key in ("form", "alpha", "wins", "n", "shift_mean")} for k, v in dev.items()},
@@ -851,9 +865,8 @@ def render_markdown(r: dict) -> str:
     lines += [
         "",
         f"Text-edit steering ({st['rule']}), against {st['random_directions']} random directions of the same norm. "
-        "A win: the edit raises the concept's log-prob more than the best random direction. BASELINE (no NLA): the "
-        "word-residual direction, the target's own layer-K residual at the word read after the prompt minus the "
-        "residual edited, pushed by the same rule and alpha.",
+        "A win: the edit raises the concept's log-prob more than the best random direction. Baseline (no NLA): "
+        f"{st['baseline']}.",
         "",
         "| edit form | alpha | wins | 95% CI of the win rate | mean shift (nats) | random mean | baseline wins "
         "| baseline mean shift |",
@@ -867,7 +880,8 @@ def render_markdown(r: dict) -> str:
     ]
     lines += [
         "",
-        f"Chosen setting: {st['best']} ({st['note']}): {best['wins']}/{best['n']} test cases won.",
+        f"Chosen setting: {st['best']} ({st['note']}): {best['wins']}/{best['n']} test cases won; the baseline, "
+        f"read at the same alpha, won {best['baseline_wins']}/{best['n']}.",
         "",
         "| prompt | concept | shift | random mean | random max | top token after the edit | baseline shift |",
         "|---|---|---|---|---|---|---|",

@@ -30,12 +30,23 @@ from nlakit.batch import right_pad
 from nlakit.explainers.base import Explainer
 from nlakit.models import load_causal_lm, load_tokenizer
 
-LINES = ("topic", "recent words", "current token", "predicted next")  # the format's four lines, in order
+# the format's four lines, in order; "topic" is the first line, register and topic ("Prose about ...")
+LINES = ("topic", "recent words", "current token", "predicted next")
+_PREFIXES = {"Recent words:": "recent words", "Current token:": "current token", "Predicted next:": "predicted next"}
 
 
 def is_grounded(text: str) -> bool:
     """Whether an explanation is in this format (an AV trained on it writes it too): it has the prediction line."""
     return any(ln.startswith("Predicted next:") for ln in text.split("\n"))
+
+
+def line_kind(line: str) -> str | None:
+    """Which of `LINES` a line of this format is, by its prefix (None for a line the format does not have), so an
+    AV's text that drops or reorders a line is still read claim by claim."""
+    for prefix, kind in _PREFIXES.items():
+        if line.startswith(prefix):
+            return kind
+    return "topic" if " about " in line else None
 
 
 STOPWORDS = frozenset(
