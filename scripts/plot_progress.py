@@ -4,7 +4,7 @@
 
 Hours are the summed `sec` of logged steps (every step is logged at log_every=1; otherwise the per-step time of
 the logged rows is scaled by the logging interval), so they count training compute, not evaluation or idle time; a
-step logged at more than 5x the median (it spanned a pause) counts as a median step.
+step logged at more than 3x the median (it spanned a pause, or an evaluation) counts as a median step.
 The AR SFT curve is the AR reading the teacher's explanations (the format's ceiling); the RL and AR-adaptation
 curves are the AV's own explanations read by the AR, which is what the NLA delivers. Stages are drawn in the order
 they ran; a stage whose log is missing is skipped. The validation rows differ by stage (see each label). Stages
@@ -61,7 +61,7 @@ STAGES = (  # (log file, metric, label, line style)
     (
         "rl_v8_metrics.jsonl",
         "val_fve_nrm",
-        "v8 try: RL on balanced registers (v7's 96 val rows, this set's variance)",
+        "v8: RL on balanced registers (v7's 96 val rows, this set's variance)",
         "-",
     ),
 )
@@ -75,12 +75,12 @@ def curve(path: Path, key: str) -> tuple[list[float], list[float], float]:
     interval = (steps[1]["step"] - steps[0]["step"]) if len(steps) > 1 else 1
     hours, xs, ys = 0.0, [], []
     by_step = {r["step"]: r for r in steps}
-    # `sec` is wall time: a step that spanned a pause (the job stopped for a test or a benchmark) counts as a typical
+    # `sec` is wall time: a step that spanned a pause (the job stopped for a test) or an evaluation counts as a typical
     # step, so the hours stay compute
     typical = sorted(r["sec"] for r in steps)[len(steps) // 2] if steps else 0.0
     for r in sorted(rows, key=lambda r: r["step"]):
         if r["step"] in by_step and r is by_step[r["step"]]:
-            hours += (r["sec"] if r["sec"] <= 5 * typical else typical) * interval / 3600
+            hours += (r["sec"] if r["sec"] <= 3 * typical else typical) * interval / 3600
         if key in r:
             xs.append(hours)
             ys.append(r[key])
