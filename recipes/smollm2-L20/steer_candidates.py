@@ -35,7 +35,7 @@ for name, cases, seed in (("dev", STEER_DEV_CASES, 1), ("test", [*STEER_CASES, R
     prep = _steer_prepare(nla, cases, cfg, torch.Generator().manual_seed(seed), 8)
     variants = {"greedy": prep, "mean8": [], "pick8": []}
     for p in prep:
-        prompt, word, ids, pos, h, original, edits, rec, rand, target = p
+        word, h = p.word, p.h
         cands = nla.candidates(h, K, max_new_tokens=cfg.max_new_tokens)[0]
         cands = [c or "(empty)" for c in cands]
         scores = nla.candidate_scores([cands], h)[0]
@@ -46,11 +46,9 @@ for name, cases, seed in (("dev", STEER_DEV_CASES, 1), ("test", [*STEER_CASES, R
         d = r[:, 1:] - r[:, :1]  # [K, forms, d]
         dn = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         mean = dn.mean(0)  # unit deltas averaged: each explanation votes equally
-        variants["mean8"].append(
-            (prompt, word, ids, pos, h, original, edits, torch.cat([torch.zeros_like(mean[:1]), mean]), rand, target)
-        )
+        variants["mean8"].append(p._replace(rec=torch.cat([torch.zeros_like(mean[:1]), mean])))
         b = int(scores.argmin())
-        variants["pick8"].append((prompt, word, ids, pos, h, cands[b], edits, r[b], rand, target))
+        variants["pick8"].append(p._replace(original=cands[b], rec=r[b]))
     for v, pp in variants.items():
         for form in EDIT_FORMS:
             for a in cfg.steer_alphas:

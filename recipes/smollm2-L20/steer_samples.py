@@ -39,9 +39,9 @@ def prepare(nla, cases, cfg, gen, n_random, k):
         rec = torch.stack([nla.reconstruct([t, *e]) for t, e in zip(texts, edits, strict=True)]).float().mean(0)
         rand = torch.randn(n_random, h.shape[-1], generator=gen)
         target = tok.encode(" " + word, add_special_tokens=False)[0]
-        out.append(
-            (prompt, word, ids, pos, h, texts[0], dict(zip(ev.EDIT_FORMS, edits[0], strict=True)), rec, rand, target)
-        )
+        first = dict(zip(ev.EDIT_FORMS, edits[0], strict=True))
+        word_h = ev.word_residual(nla, ids, pos, word)
+        out.append(ev.SteerCase(prompt, word, ids, pos, h, texts[0], first, rec, rand, target, word_h))
     return out
 
 

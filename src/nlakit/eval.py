@@ -22,6 +22,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -185,12 +186,13 @@ def edit_toward(explanation: str, word: str, form: str = "replace") -> str:
     if is_grounded(explanation):
         out = []
         for ln in lines:
-            if ln.startswith("Predicted next:"):
+            kind = line_kind(ln)
+            if kind == "predicted next":
                 ln = f'Predicted next: "{word}".'
-            elif ln.startswith("Recent words:"):
+            elif kind == "recent words":
                 m = re.match(r'Recent words: "(.*)"', ln)
                 ln = f'Recent words: "{m.group(1) + " " if m else ""}{word}".'
-            elif " about " in ln and ln.endswith(".") and not ln.startswith(("Recent", "Current")):
+            elif kind == "topic" and ln.endswith("."):
                 ln = ln.split(" about ", 1)[0] + f" about {word}."
             out.append(ln)
         return "\n".join(out)
@@ -206,21 +208,26 @@ def line_swaps(texts: list[str], perm: list[int]) -> dict[str, list[str]]:
     replaced by the same kind of line from another row's (`perm`), the rest kept. The fve lost shows which claim the
     AR reads, e.g. whether it uses the predicted words, which text-edit steering edits. Empty unless most
     explanations are in that format; a row where either side lacks the line stays as it is."""
-    if sum(map(is_grounded, texts)) * 2 <= len(texts):
+    grounded = [is_grounded(t) for t in texts]
+    if sum(grounded) * 2 <= len(texts):
         return {}
 
-    def find(lines: list[str], kind: str) -> int | None:
-        return next((i for i, ln in enumerate(lines) if line_kind(ln) == kind), None)
+    def line_of(text: str) -> dict[str | None, int]:  # the first line of each kind
+        index: dict[str | None, int] = {}
+        for i, ln in enumerate(text.split("\n")):
+            index.setdefault(line_kind(ln), i)
+        return index
 
+    kinds = [line_of(t) if g else {} for t, g in zip(texts, grounded, strict=True)]  # free text: no claims to swap
     out = {}
     for name, kind in SWAP_PROBES.items():
         swapped = []
-        for t, j in zip(texts, perm, strict=True):
-            mine, theirs = t.split("\n"), texts[j].split("\n")
-            a, b = find(mine, kind), find(theirs, kind)
-            if a is not None and b is not None and is_grounded(t) and is_grounded(texts[j]):
-                mine[a] = theirs[b]
-            swapped.append("\n".join(mine))
+        for t, mine, j in zip(texts, kinds, perm, strict=True):
+            if kind in mine and kind in kinds[j]:
+                lines = t.split("\n")
+                lines[mine[kind]] = texts[j].split("\n")[kinds[j][kind]]
+                t = "\n".join(lines)
+            swapped.append(t)
         out[name] = swapped
     return out
 
@@ -663,9 +670,26 @@ def steer_case_activation(nla: NLA, case: tuple) -> tuple[list[int], int, torch.
     return ids, pos, acts[pos : pos + 1]
 
 
+class SteerCase(NamedTuple):
+    """A steering case made ready once, then read at every edit form and alpha."""
+
+    prompt: str
+    word: str
+    ids: list[int]  # the prompt's token ids
+    pos: int  # the position edited
+    h: torch.Tensor  # [1, d] the residual there
+    original: str  # the AV's explanation of h
+    edits: dict[str, str]  # form -> the edited explanation
+    rec: torch.Tensor  # [1 + forms, d] AR(original), then AR(edit) per form in EDIT_FORMS order
+    rand: torch.Tensor  # [n_random, d] control directions
+    target: int  # the first token of " word", whose log-prob is read
+    word_h: torch.Tensor  # [1, d] `word_residual`, the no-NLA baseline's end point
+
+
 @torch.no_grad()
-def _steer_prepare(nla: NLA, cases, cfg: EvalConfig, gen: torch.Generator, n_random: int) -> list[tuple]:
-    """Each case's activation, original explanation, both edits and their reconstructions, random directions."""
+def _steer_prepare(nla: NLA, cases, cfg: EvalConfig, gen: torch.Generator, n_random: int) -> list[SteerCase]:
+    """Each case's activation, original explanation, both edits and their reconstructions, random directions, and
+    the baseline's word residual."""
     tok = nla.target_tokenizer()
     prepared = []
     for case in cases:
@@ -676,7 +700,8 @@ def _steer_prepare(nla: NLA, cases, cfg: EvalConfig, gen: torch.Generator, n_ran
         rec = nla.reconstruct([original, *edits.values()])
         rand = torch.randn(n_random, h.shape[-1], generator=gen)
         target = tok.encode(" " + word, add_special_tokens=False)[0]
-        prepared.append((prompt, word, ids, pos, h, original, edits, rec, rand, target))
+        word_h = word_residual(nla, ids, pos, word)
+        prepared.append(SteerCase(prompt, word, ids, pos, h, original, edits, rec, rand, target, word_h))
     return prepared
 
 
@@ -689,30 +714,29 @@ def word_residual(nla: NLA, ids: list[int], pos: int, word: str) -> torch.Tensor
     return nla.run_with_cache(ids[: pos + 1] + first).resid[-1:]
 
 
-def _steer_setting(nla: NLA, prepared: list[tuple], form: str, alpha: float) -> dict:
+def _steer_setting(nla: NLA, prepared: list[SteerCase], form: str, alpha: float) -> dict:
     """One edit form at one alpha over prepared cases: each case's shift against its random directions, and the
-    word-residual baseline's (`word_residual`) at the same alpha and rule."""
+    word-residual baseline's at the same alpha and rule."""
     model, tok = nla.target_lm(), nla.target_tokenizer()
     form_i = EDIT_FORMS.index(form)
     cases = []
-    for prompt, word, ids, pos, h, original, edits, rec, rand, target in prepared:
-        delta = steering_vector(h, rec[:1], rec[1 + form_i : 2 + form_i], alpha)
-        baseline = steering_vector(h, h, word_residual(nla, ids, pos, word), alpha)
+    for c in prepared:
+        delta = steering_vector(c.h, c.rec[:1], c.rec[1 + form_i : 2 + form_i], alpha)
+        baseline = steering_vector(c.h, c.h, c.word_h, alpha)
         # the norm the rule gives both pushes (an edit that reconstructs to the original gives none, and the
         # controls keep theirs, so the baseline's win never depends on the edit form)
-        ctrl = rand / rand.norm(dim=-1, keepdim=True) * alpha * h.float().norm()
+        ctrl = c.rand / c.rand.norm(dim=-1, keepdim=True) * alpha * c.h.float().norm()
         adds = torch.cat([torch.zeros_like(delta), delta, baseline, ctrl])
-        logp = next_token_logprobs(
-            model, ids, [pos] * len(adds), nla.layer, adds, mode="add", read=[len(ids) - 1] * len(adds)
-        )
-        base, steered, by_word = logp[:3, target].tolist()
-        rnd = logp[3:, target]
+        read = [len(c.ids) - 1] * len(adds)
+        logp = next_token_logprobs(model, c.ids, [c.pos] * len(adds), nla.layer, adds, mode="add", read=read)
+        base, steered, by_word = logp[:3, c.target].tolist()
+        rnd = logp[3:, c.target]
         cases.append(
             {
-                "prompt": prompt,
-                "concept": word,
-                "original": original,
-                "edited": edits[form],
+                "prompt": c.prompt,
+                "concept": c.word,
+                "original": c.original,
+                "edited": c.edits[form],
                 "shift": steered - base,
                 "shift_random_mean": float(rnd.mean()) - base,
                 "shift_random_max": float(rnd.max()) - base,
